@@ -1,0 +1,1 @@
+"""Infrastructure: seeding, device, errors, checkpoints, tracking, run directories, config."""

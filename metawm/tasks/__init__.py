@@ -1,0 +1,1 @@
+"""Task families and suites: sample TaskSpecs for a split, build the environment for a spec."""

@@ -1,0 +1,93 @@
+"""The shared machinery of task families: parameter ranges per split, seeded sampling.
+
+A suite file in ``tasks/NAME.yaml`` names a family class (``_target_``) and, per split, the
+ranges its parameters are drawn from::
+
+    splits:
+      train:
+        pole_length: {low: 0.25, high: 1.0}          # uniform
+        gravity: {low: 4.9, high: 19.6, log: true}   # log-uniform
+        game: {choices: [Pong, Breakout]}            # uniform over a list
+        mass: 0.1                                    # fixed
+      test: ...
+
+``sample(split, n, rng)`` draws parameters in sorted-name order from the given numpy Generator,
+so the same generator state always yields the same tasks, whatever agent consumes them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import gymnasium as gym
+import numpy as np
+
+from metawm.infra.errors import UserError, choices_error
+from metawm.types import EnvSpec, TaskSpec
+
+
+def sample_param(name: str, spec: Any, rng: np.random.Generator) -> Any:
+    """Draw one parameter value from its range spec (see module docstring)."""
+    if isinstance(spec, Mapping):
+        if "choices" in spec:
+            choices = list(spec["choices"])
+            return choices[int(rng.integers(len(choices)))]
+        low, high = float(spec["low"]), float(spec["high"])
+        if low > high:
+            raise UserError(f"parameter {name!r}: low={low} is above high={high}.")
+        if spec.get("log", False):
+            if low <= 0:
+                raise UserError(f"parameter {name!r}: a log range needs low > 0, got {low}.")
+            value = math.exp(rng.uniform(math.log(low), math.log(high)))
+        else:
+            value = rng.uniform(low, high)
+        return int(round(value)) if spec.get("int", False) else float(value)
+    return spec  # fixed value
+
+
+class TaskFamily:
+    """Base class of the suites; a subclass implements ``_make_env`` and sets ``env_spec``."""
+
+    name: str
+    env_spec: EnvSpec
+    success_metric: bool = False  # whether episodes report info["success"]
+
+    def __init__(self, name: str, splits: Mapping[str, Mapping[str, Any]], default: Mapping[str, Any] | None = None,
+                 default_only: bool = False, **_: Any):
+        self.name = name
+        self.ranges = {split: dict(params or {}) for split, params in splits.items()}
+        self.default = dict(default or {})
+        self.default_only = bool(default_only)
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        return tuple(self.ranges)
+
+    def check_split(self, split: str) -> None:
+        if split not in self.ranges:
+            raise choices_error(f"split of task suite {self.name!r}", split, self.ranges)
+
+    def sample(self, split: str, n: int, rng: np.random.Generator) -> list[TaskSpec]:
+        self.check_split(split)
+        if self.default_only:
+            return [self.default_task(split, i) for i in range(n)]
+        specs = []
+        for _ in range(n):
+            params = {k: sample_param(k, self.ranges[split][k], rng) for k in sorted(self.ranges[split])}
+            index = int(rng.integers(1 << 31))  # a stable name for the task, for logs and seeding
+            specs.append(TaskSpec.make(self.name, split, index, {**self.default, **params}))
+        return specs
+
+    def default_task(self, split: str = "train", index: int = 0) -> TaskSpec:
+        """The family's default task (e.g. CartPole-v1's physics), for single-task benchmarks."""
+        return TaskSpec.make(self.name, split, index, self.default)
+
+    def make_env(self, spec: TaskSpec) -> gym.Env:
+        """A fresh environment for ``spec``; the caller seeds it with its first ``reset(seed=...)``."""
+        if spec.suite != self.name:
+            raise UserError(f"task {spec.id} belongs to suite {spec.suite!r}, not {self.name!r}.")
+        return self._make_env(spec)
+
+    def _make_env(self, spec: TaskSpec) -> gym.Env:
+        raise NotImplementedError(f"{type(self).__name__} must implement _make_env")

@@ -110,10 +110,14 @@ class MetaLearner(Protocol):
     def agent(self) -> Agent:
         """The shared agent as it stands (what gets evaluated and checkpointed)."""
 
+    def evaluate(self, specs: list[TaskSpec], episodes: int, seed: int, prefix: str) -> Metrics:
+        """Metrics of the shared agent on ``specs`` (after the learner's own adaptation, if any)."""
+
     def adapt(self, agent: Agent, task: TaskSpec, shots: int) -> Iterator[Metrics]:
         """Adapt ``agent`` to ``task`` over ``shots`` episodes, yielding metrics after each."""
 
-    def state_dict(self) -> dict[str, Any]: ...
+    def state_dict(self, *, replay: bool = True) -> dict[str, Any]:
+        """Everything to continue exactly; ``replay`` includes the agents' replay buffers."""
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
 

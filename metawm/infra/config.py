@@ -84,8 +84,9 @@ def validate_choices(argv: list[str], *, required: Iterable[str] = ("task",)) ->
         values = value if isinstance(value, list) else [value]
         for v in values:
             if v is None or str(v) == "":
-                raise choices_error(f"{key} (none given)", "", group_choices(key),
-                                    f"Pick one with +{key}=NAME." if key == "task" else f"Pick one with {key}=NAME.")
+                plus = "+" if key in ("task", "exp") else ""
+                raise UserError(f"No {key} given after {plus}{key}=. Valid choices: "
+                                f"{', '.join(group_choices(key))}. Pick one with {plus}{key}=NAME.")
             if str(v) not in group_choices(key):
                 raise choices_error(key, str(v), group_choices(key))
     for key in required:

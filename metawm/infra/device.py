@@ -13,8 +13,8 @@ def pick_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
-    except RuntimeError as e:
-        raise UserError(f"device={name!r} is not a device name; use auto, cpu, cuda or cuda:N ({e}).")
+    except RuntimeError:
+        raise UserError(f"device={name!r} is not a device name; use auto, cpu, cuda or cuda:N.") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device={name!r} was asked for but CUDA is not available here; use device=auto or cpu.")
     return device

@@ -37,6 +37,9 @@ def cli(main: Callable[[list[str]], int | None]) -> Callable[[list[str] | None],
             return int(main(argv) or 0)
         except UserError as e:
             prog = getattr(main, "__module__", "metawm")
+            if prog == "__main__":
+                spec = getattr(sys.modules["__main__"], "__spec__", None)
+                prog = spec.name if spec else "metawm"
             print(f"error ({prog}): " + textwrap.fill(str(e), width=100, subsequent_indent="  "), file=sys.stderr)
             return EXIT_USER_ERROR
         except KeyboardInterrupt:

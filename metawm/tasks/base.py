@@ -54,8 +54,11 @@ class TaskFamily:
     success_metric: bool = False  # whether episodes report info["success"]
 
     def __init__(self, name: str, splits: Mapping[str, Mapping[str, Any]], default: Mapping[str, Any] | None = None,
-                 default_only: bool = False, **_: Any):
+                 default_only: bool = False, max_episode_steps: int | None = None, **_: Any):
+        """``max_episode_steps`` (any suite) truncates episodes earlier than the suite would, e.g.
+        for smoke runs; ``default_only`` makes every sampled task the family's default task."""
         self.name = name
+        self.max_episode_steps = int(max_episode_steps) if max_episode_steps else None
         self.ranges = {split: dict(params or {}) for split, params in splits.items()}
         self.default = dict(default or {})
         self.default_only = bool(default_only)
@@ -87,7 +90,10 @@ class TaskFamily:
         """A fresh environment for ``spec``; the caller seeds it with its first ``reset(seed=...)``."""
         if spec.suite != self.name:
             raise UserError(f"task {spec.id} belongs to suite {spec.suite!r}, not {self.name!r}.")
-        return self._make_env(spec)
+        env = self._make_env(spec)
+        if self.max_episode_steps:
+            env = gym.wrappers.TimeLimit(env, self.max_episode_steps)
+        return env
 
     def _make_env(self, spec: TaskSpec) -> gym.Env:
         raise NotImplementedError(f"{type(self).__name__} must implement _make_env")

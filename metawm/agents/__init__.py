@@ -1,0 +1,1 @@
+"""Inner-loop agents. Each one conforms to :class:`metawm.protocols.Agent`."""

@@ -1,0 +1,1 @@
+"""Gymnasium adapters for the task suites, batched stepping, and exact environment snapshots."""

@@ -1,0 +1,1 @@
+"""Outer loops. Each conforms to :class:`metawm.protocols.MetaLearner`."""

@@ -1,0 +1,1 @@
+"""Loops that take built objects: train (meta-train), evaluate, adapt."""

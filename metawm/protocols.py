@@ -80,6 +80,10 @@ class Agent(Protocol):
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None: ...
 
+    # Optional hooks the training loop calls when present:
+    #   info() -> dict                       preset, parameter count, ... (into summary.json)
+    #   write_plots(directory, env_steps)    PNGs into the run's plots/ (e.g. reconstructions)
+
 
 AgentFactory = Callable[[EnvSpec], Agent]
 

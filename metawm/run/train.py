@@ -99,6 +99,9 @@ def train(meta: MetaLearner, ctx: Context, run: RunDir, schedule: Schedule, head
             evaluated = loop["env_steps"] - loop["last_eval"] >= schedule.eval_every or done
             if evaluated:
                 row.update(_evaluate(meta, eval_specs, schedule, ctx))
+                write_plots = getattr(meta.agent(), "write_plots", None)
+                if write_plots is not None:  # optional agent hook, e.g. world-model reconstructions
+                    write_plots(run.plots, loop["env_steps"])
                 loop["last_eval"] = loop["env_steps"]
                 loop["last_eval_row"] = {k: v for k, v in row.items() if k.startswith("eval/")}
             tracker.log(row, loop["env_steps"])
@@ -122,6 +125,9 @@ def train(meta: MetaLearner, ctx: Context, run: RunDir, schedule: Schedule, head
     finally:
         loop["wall_time"] = time.perf_counter() - t_start
         summary = _summary(loop, schedule, header, status, error)
+        info = getattr(meta.agent(), "info", None)  # optional agent hook: preset, parameter count
+        if info is not None:
+            summary["agent_info"] = dict(info())
         run.write_summary(summary)
         tracker.summary(summary)
         tracker.close()

@@ -194,11 +194,15 @@ def test_requeue(folder: Path, profile: dict, timeout_s: float) -> dict:
         return [int(c) for c in re.findall(r"^count=(\d+)$", text, re.M)]
 
     deadline = time.monotonic() + timeout_s
+    while not log_path.exists():
+        if job.done() or time.monotonic() > deadline:
+            raise SelftestError("counter job did not start\n" + squeue() + job_logs(job))
+        time.sleep(0.05)
+    t_started = time.monotonic()
     while not counts() or counts()[-1] < interrupt_at:
         if job.done() or time.monotonic() > deadline:
             raise SelftestError("counter job did not reach the interrupt point\n" + squeue() + job_logs(job))
         time.sleep(0.05)
-    t_running = time.monotonic()
     count_at_interrupt = counts()[-1]
     job._interrupt()  # SIGTERM then USR2, as SLURM does on preemption
     t_interrupt = time.monotonic()
@@ -234,7 +238,7 @@ def test_requeue(folder: Path, profile: dict, timeout_s: float) -> dict:
         "count_at_interrupt": count_at_interrupt,
         "resumed_from": starts[1]["count"],
         "scontrol_restarts": m.group(1) if m else "n/a",
-        "submit_to_running_s": t_running - t0,
+        "submit_to_started_s": t_started - t0,
         "interrupt_to_resumed_s": t_resumed - t_interrupt,
         "interrupt_to_result_s": t_done - t_interrupt,
         "total_s": t_done - t0,
@@ -270,13 +274,18 @@ def main() -> int:
     if not args.verbose:  # hide the per-poll "Bypassing sacct error" warnings
         logging.getLogger("submitit").setLevel(logging.ERROR)
 
-    folder = args.folder or Path(tempfile.mkdtemp(prefix="metawm-slurm-selftest-"))
-    folder.mkdir(parents=True, exist_ok=True)
-    ok = False
     try:
         profile = load_profile(args.profile)
         check_cluster(profile)
-        print(f"job folder: {folder}")
+    except SelftestError as e:
+        print(f"SELFTEST FAILED: {e}", file=sys.stderr)
+        return 1
+
+    folder = args.folder or Path(tempfile.mkdtemp(prefix="metawm-slurm-selftest-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    print(f"job folder: {folder}")
+    ok = False
+    try:
 
         a = test_array(folder, profile, args.timeout)
         print(f"(a) job array {a['array_job_id']}: 4 tasks OK, submit {a['submit_s']:.2f}s, "
@@ -285,7 +294,7 @@ def main() -> int:
         r = test_requeue(folder, profile, args.timeout)
         print(f"(b) checkpoint/requeue job {r['job_id']}: interrupted at count {r['count_at_interrupt']}, "
               f"resumed from {r['resumed_from']} (scontrol Restarts={r['scontrol_restarts']}); "
-              f"submit->running {r['submit_to_running_s']:.2f}s, "
+              f"submit->started {r['submit_to_started_s']:.2f}s, "
               f"interrupt->resumed {r['interrupt_to_resumed_s']:.2f}s, "
               f"interrupt->result {r['interrupt_to_result_s']:.2f}s, total {r['total_s']:.2f}s")
         ok = True

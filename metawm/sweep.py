@@ -588,9 +588,10 @@ def main(argv: list[str]) -> int:
             print(p, file=sys.stderr)
         rc = report(plan, study)
         remaining = plan.n_trials - studylib.budget_used(study)
-        if problems and remaining > 0:
-            print(f"{remaining} trial(s) of the budget were not run because workers died; re-run the same "
-                  "command to continue.", file=sys.stderr)
+        running = studylib.counts(study).get("RUNNING", 0)
+        if problems and (remaining > 0 or running > 0):
+            print(f"workers died with {running} trial(s) unfinished and {remaining} not started; re-run the "
+                  "same command to continue (unfinished trials resume from their checkpoints).", file=sys.stderr)
             rc = EXIT_FAILED
     finally:
         (plan.dir / "driver.json").unlink(missing_ok=True)

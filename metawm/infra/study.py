@@ -355,8 +355,26 @@ def make_sampler(name: str, options: Mapping[str, Any], space: Space, *, seed: i
         return _quiet(optuna.samplers.CmaEsSampler, seed=seed, **opts)
     if name == "grid":
         grid = {p.name: p.grid_points() for p in space.params}
-        return optuna.samplers.GridSampler(grid, seed=seed, **opts)
+        return _AskTellGridSampler(grid, seed=seed, **opts)
     raise UserError(f"Unknown sampler {name!r}. Valid choices: {', '.join(SAMPLERS)}.")
+
+
+def _grid_sampler_class() -> Any:
+    import optuna
+
+    class AskTellGridSampler(optuna.samplers.GridSampler):
+        """GridSampler whose after_trial does not call ``study.stop()`` when the grid is exhausted
+        (that only works inside ``study.optimize`` and, raised from ``tell``, would leave the trial
+        RUNNING); the sweep caps n_trials at the grid size instead."""
+
+        def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+            pass
+
+    return AskTellGridSampler
+
+
+def _AskTellGridSampler(*args: Any, **kw: Any) -> Any:  # noqa: N802 (a class, built lazily)
+    return _grid_sampler_class()(*args, **kw)
 
 
 def grid_size(space: Space) -> int:

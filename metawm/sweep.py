@@ -105,8 +105,10 @@ class Plan:
             raise UserError(f"{sweep_dir} holds no sweep.json: not a sweep directory.")
         return cls(**data)
 
-    def sampler_for(self, worker_index: int = 0) -> Any:
-        seed = None if self.sampler_seed is None else int(self.sampler_seed) + worker_index
+    def sampler_for(self, worker_index: int = 0, n_existing: int = 0) -> Any:
+        # Distinct per worker and per (re-)start, or workers and re-runs would replay the same draws.
+        seed = None if self.sampler_seed is None else \
+            (int(self.sampler_seed) + 7919 * worker_index + 104729 * n_existing) % (2**31)
         return studylib.make_sampler(self.sampler, self.sampler_options, self.space_obj(), seed=seed,
                                      parallel=self.workers > 1, multi=self.multi)
 
@@ -115,8 +117,9 @@ class Plan:
                                     max_resource=self.max_resource, multi=self.multi)
 
     def open_study(self, worker_index: int = 0) -> Any:
-        return studylib.load_study(self.study_name, studylib.open_storage(self.storage),
-                                   self.sampler_for(worker_index), self.pruner_obj())
+        study = studylib.load_study(self.study_name, studylib.open_storage(self.storage), None, self.pruner_obj())
+        study.sampler = self.sampler_for(worker_index, len(study.get_trials(deepcopy=False)))
+        return study
 
 
 def _load_space(argv: list[str]) -> tuple[list[str], studylib.Space | None]:
@@ -264,8 +267,14 @@ def trial_dir(plan: Plan, number: int) -> Path:
     return plan.dir / "trials" / f"{number:04d}"
 
 
+_PREEMPTED: list[bool] = []  # set in this process by the preemption handler
+
+
 def mark_preempted(sweep_dir: str, worker: str) -> None:
-    """Called from the SLURM worker's checkpoint (signal handler): the requeue is not a crash."""
+    """Called from the SLURM worker's checkpoint (signal handler): the requeue is not a crash, and
+    nothing this process sees afterwards is the trial's fault (SLURM also SIGTERMs the job's other
+    processes, e.g. W&B's service, whose errors may then replace submitit's SystemExit)."""
+    _PREEMPTED.append(True)
     path = Path(sweep_dir) / "workers" / f"{worker}.json"
     state = studylib.read_json(path) or {}
     state["preempted"] = True
@@ -370,6 +379,8 @@ def _run_trial(plan: Plan, study: Any, trial: Any, worker: str, resumed: bool) -
     _log(worker, f"{'resuming' if resumed else 'starting'} trial {trial.number}: {' '.join(overrides)}")
 
     def finish(state: str, values: list[float] | None = None, error: str | None = None) -> None:
+        if _PREEMPTED:  # requeued: the trial resumes in the next incarnation; tell nothing
+            raise SystemExit(-1)
         if error:
             trial.set_user_attr("error", error[:2000])
         study.tell(trial, values=values, state=getattr(TrialState, state), skip_if_finished=True)
@@ -474,10 +485,10 @@ def run_slurm(plan: Plan, study: Any) -> list[str]:
         if n <= 0:
             return []
         params = launch.executor_parameters(plan.cluster or {}, name=f"sweep-{plan.study_name}"[:64], workers=n,
-                                            signal_delay_s=int(plan.launcher.get("signal_delay_s", 90)),
-                                            max_num_timeout=int(plan.launcher.get("max_num_timeout", 20)))
+                                            signal_delay_s=int(plan.launcher.get("signal_delay_s", 90)))
         ids = launch.submit_array(this.worker_main, this.mark_preempted, plan.dir,
-                                  [f"slurm-{i}" for i in range(n)], params)
+                                  [f"slurm-{i}" for i in range(n)], params,
+                                  max_num_timeout=int(plan.launcher.get("max_num_timeout", 20)))
         recorded = ids
         studylib.write_json(jobs_path, {"jobs": ids, "submitted": time.time()})
         print(f"submitted job array {ids[0].split('_')[0]} ({n} workers, partition {plan.cluster['partition']}); "

@@ -103,8 +103,7 @@ def check_profile(profile: Mapping[str, Any], name: str) -> None:
                         f"known: {', '.join(sorted(known))}.")
 
 
-def executor_parameters(profile: Mapping[str, Any], *, name: str, workers: int, signal_delay_s: int,
-                        max_num_timeout: int) -> dict[str, Any]:
+def executor_parameters(profile: Mapping[str, Any], *, name: str, workers: int, signal_delay_s: int) -> dict[str, Any]:
     """submitit's AutoExecutor parameters for one array of ``workers`` tasks from a cluster profile."""
     params: dict[str, Any] = {
         "name": name,
@@ -114,7 +113,6 @@ def executor_parameters(profile: Mapping[str, Any], *, name: str, workers: int, 
         "mem_gb": float(profile["mem_gb"]),
         "slurm_array_parallelism": int(min(workers, profile.get("array_parallelism") or workers)),
         "slurm_signal_delay_s": int(signal_delay_s),
-        "slurm_max_num_timeout": int(max_num_timeout),
         "tasks_per_node": 1,
         "nodes": 1,
     }
@@ -154,11 +152,12 @@ class SlurmWorker:
 
 
 def submit_array(worker_fn: WorkerFn, on_preempt: Callable[[str, str], None], sweep_dir: Path,
-                 worker_ids: Sequence[str], params: Mapping[str, Any]) -> list[str]:
+                 worker_ids: Sequence[str], params: Mapping[str, Any], max_num_timeout: int = 20) -> list[str]:
     """Submit one job array, one task per worker id; returns the task ids (``<array>_<i>``)."""
     import submitit
 
-    executor = submitit.AutoExecutor(folder=str(Path(sweep_dir) / "slurm" / "%j"), cluster="slurm")
+    executor = submitit.AutoExecutor(folder=str(Path(sweep_dir) / "slurm" / "%j"), cluster="slurm",
+                                     slurm_max_num_timeout=int(max_num_timeout))
     executor.update_parameters(**params)
     jobs = executor.map_array(SlurmWorker(worker_fn, on_preempt), [str(sweep_dir)] * len(worker_ids),
                               list(worker_ids))

@@ -172,7 +172,11 @@ def make_plan(argv: list[str]) -> tuple[Plan, Any]:
     except UserError as e:
         raise UserError(f"{space.source}: the fixed overrides do not compose: {e}") from None
 
-    objectives = {str(k): str(v) for k, v in (OmegaConf.to_container(cfg.objectives) or {}).items()}
+    raw_obj = OmegaConf.to_container(cfg.objectives) if cfg.objectives is not None else {"objective": "maximize"}
+    if not isinstance(raw_obj, dict):
+        raise UserError(f"objectives must map metrics to directions, e.g. 'objectives={{objective:maximize,"
+                        f"gpu_hours:minimize}}' (got {raw_obj!r}).")
+    objectives = {str(k): str(v) for k, v in raw_obj.items()}
     directions = studylib.directions_of(objectives)
     study_name = cfg.study_name or "-".join(str(x) for x in (base.task.name, base.agent.name, base.meta.name,
                                                                base.get("exp_name", "default"), space.name))

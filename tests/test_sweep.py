@@ -21,7 +21,7 @@ BASE = ["+task=cartpole_physics", "agent=random", "+exp=smoke", "tracker=disable
 
 def sweep(*args: str, env: dict | None = None, timeout: float = 180) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "metawm.sweep", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "WANDB_SILENT": "true", **(env or {})})
+                          timeout=timeout, env={**os.environ, "WANDB_SILENT": "true", "PYTHONPATH": str(ROOT), **(env or {})})
 
 
 def load(sweep_dir: Path):
@@ -190,6 +190,12 @@ def test_local_sweep_completes_and_continues_without_repeating(tmp_path):
     # the printed override line trains the same config (the line is valid for metawm.train)
     line = r.stdout.split("best overrides: ")[1].splitlines()[0]
     assert line.startswith("meta.inner_steps=") and "+agent.lr=" in line
+    train_it = r.stdout.split("train it: python -m metawm.train ")[1].splitlines()[0].split()
+    t = subprocess.run([sys.executable, "-m", "metawm.train", *train_it, f"run_dir={tmp_path / 'again'}"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert t.returncode == 0, t.stderr[-2000:]
+    again = json.loads((tmp_path / "again" / "summary.json").read_text())["objective"]
+    assert again == load(d).best_value  # the printed command reproduces the best trial (seeded, CPU)
 
     r = sweep(*args, "n_trials=5")
     assert r.returncode == 0, r.stderr[-3000:]

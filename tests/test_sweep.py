@@ -86,6 +86,23 @@ def test_space_sampling_conditional_and_overrides_roundtrip():
     assert seen_extra[True] and seen_extra[False]
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "sweeps").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_spaces_are_valid_for_their_agent(path, capsys):
+    """Every sweeps/*.yaml parses; a space named after an agent (dreamerv3, dreamerv3_cpu -> dreamerv3)
+    composes with that agent once it exists here, so its agent.* keys are real keys of its config."""
+    from omegaconf import OmegaConf
+
+    from metawm.infra import config as configlib
+    from metawm.sweep import make_plan
+
+    space = studylib.parse_space(OmegaConf.to_container(OmegaConf.load(path)), str(path))
+    agent = {"smoke": "random"}.get(space.name, space.name.split("_")[0])
+    if agent not in configlib.group_choices("agent"):
+        pytest.skip(f"agent {agent} is not in conf/agent yet: its keys cannot be checked")
+    plan, _ = make_plan(["+task=cartpole_physics", f"agent={agent}", "+exp=smoke", f"sweep={path.stem}"])
+    assert plan.space["params"].keys() == {p.name for p in space.params}
+
+
 def test_outcomes():
     assert studylib.outcome({"status": "complete", "objective": 3.0, "final": {}}, ["objective"]) == \
         ("COMPLETE", [3.0], None)

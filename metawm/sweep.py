@@ -572,11 +572,24 @@ def _wandb_study_run(plan: Plan, study: Any, best: list[Any]) -> None:
     sink.close()
 
 
+def _terminate_as_interrupt() -> None:
+    """SIGTERM/SIGHUP (a closed terminal, `timeout`, `kill`) stop like Ctrl-C: the local driver
+    then stops its workers, and a worker leaves its trial resumable, instead of orphans running on."""
+    import signal
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, handler)
+
+
 @cli
 def main(argv: list[str]) -> int:
-    if argv[:1] == ["--worker"]:
+    if argv[:1] == ["--worker"]:  # a local worker process (SLURM workers run worker_main under submitit)
         if len(argv) != 3:
             raise UserError("usage: python -m metawm.sweep --worker SWEEP_DIR WORKER_ID (started by the sweep command)")
+        _terminate_as_interrupt()
         return worker_main(argv[1], argv[2])
     if "--help" in argv or "-h" in argv:
         print(__doc__.strip() + "\n\n" + configlib.usage("sweep", "sweep"))
@@ -590,6 +603,7 @@ def main(argv: list[str]) -> int:
         return 0
     _check_same_study(plan, fixed_cfg)
     _driver_lock(plan)
+    _terminate_as_interrupt()
     try:
         study = studylib.create_study(plan.study_name, studylib.open_storage(plan.storage),
                                       studylib.directions_of(plan.objectives), plan.sampler_for(0), plan.pruner_obj())

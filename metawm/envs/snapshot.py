@@ -22,7 +22,8 @@ Atari env diverges at once). So the state is taken apart layer by layer, outermo
   - ``mujoco`` (any ``gymnasium.envs.mujoco.MujocoEnv``: HalfCheetah, Meta-World):
     ``mj_getState(..., mjSTATE_INTEGRATION)`` = time, qpos, qvel, act, plugin state, ctrl, applied
     forces, mocap poses, eq_active, userdata and the solver warm start, i.e. everything ``mj_step``
-    reads; restored with ``mj_setState`` followed by ``mj_forward`` (derived quantities). Model
+    reads; restored with ``mj_setState``, ``mj_forward`` (derived quantities) and ``mj_setState``
+    again (``mj_forward`` rewrites the warm start, which shifts later steps in the last bits). Model
     fields that an env edits in ``reset`` (Meta-World moves a few bodies per task) are *not*
     captured: they are the same in the fresh env because its task is the same and Meta-World's
     reset is deterministic for a fixed task.
@@ -169,8 +170,13 @@ def _mujoco_restore(base: Any, state: dict[str, Any]) -> None:
     if (state["nq"], state["nv"]) != (base.model.nq, base.model.nv):
         raise ValueError(f"MuJoCo snapshot of a model with nq={state['nq']}, nv={state['nv']} does not "
                          f"fit a model with nq={base.model.nq}, nv={base.model.nv}")
-    mujoco.mj_setState(base.model, base.data, state["state"], mujoco.mjtState.mjSTATE_INTEGRATION)
+    spec = mujoco.mjtState.mjSTATE_INTEGRATION
+    mujoco.mj_setState(base.model, base.data, state["state"], spec)
+    # Recompute derived quantities (positions, contacts, sensors) for anything that reads them
+    # before the next step, e.g. render. mj_forward also overwrites the solver warm start, which
+    # changes later steps in the last bits (seen with Meta-World), so the state is set once more.
     mujoco.mj_forward(base.model, base.data)
+    mujoco.mj_setState(base.model, base.data, state["state"], spec)
 
 
 def _ale_capture(base: Any) -> Any:

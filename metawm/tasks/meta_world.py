@@ -23,7 +23,7 @@ import numpy as np
 
 from metawm.envs import meta_world as mw
 from metawm.infra.errors import UserError, choices_error
-from metawm.tasks.base import TaskFamily, reject_unknown_kwargs
+from metawm.tasks.base import TaskFamily, plain, reject_unknown_kwargs
 from metawm.types import EnvSpec, TaskSpec
 
 _OPTIONS = ["benchmark_seed", "reward_function_version"]
@@ -45,8 +45,8 @@ class _MetaWorld(TaskFamily):
                             f"task.env_name={env_name}).")
         classes = mw.benchmark_classes(self.benchmark)
         all_envs = mw.benchmark_classes("ML1")["train"]
-        splits = {s: dict(r or {}) for s, r in splits.items()}
-        default = {"goal_set": "train", "task_index": 0, **dict(default or {})}
+        splits = {s: dict(r or {}) for s, r in plain(splits).items()}
+        default = {"goal_set": "train", "task_index": 0, **dict(plain(default) or {})}
         if env_name is not None:  # ML1: the class is a suite option, the same in every split
             if env_name not in all_envs:
                 raise choices_error(f"Meta-World env_name of task suite {name!r}", env_name, all_envs)

@@ -66,6 +66,8 @@ class AtariAdapter(gym.Wrapper):
             raise ValueError("AtariAdapter does the frame skipping itself; build AtariEnv with frameskip=1")
         if frame_skip < 1:
             raise ValueError(f"frame_skip must be >= 1, got {frame_skip}")
+        self._ale = base.ale  # a handle, not state: snapshots skip it and keep the fresh env's own
+        self._action_set = list(base._action_set)
         self.frame_skip = int(frame_skip)
         self.image_size = int(image_size)
         self.grayscale = bool(grayscale)
@@ -75,14 +77,13 @@ class AtariAdapter(gym.Wrapper):
         self._frames = np.zeros(shape, dtype=np.uint8)  # [0] = last frame, [1] = the one before
         channels = 1 if self.grayscale else 3
         self.observation_space = gym.spaces.Box(0, 255, (self.image_size, self.image_size, channels), np.uint8)
-        self.action_space = gym.spaces.Discrete(len(base._action_set))
+        self.action_space = gym.spaces.Discrete(len(self._action_set))
 
     def _grab(self, out: np.ndarray) -> None:
-        ale = self.env.unwrapped.ale
         if self.grayscale:
-            ale.getScreenGrayscale(out)
+            self._ale.getScreenGrayscale(out)
         else:
-            ale.getScreenRGB(out)
+            self._ale.getScreenRGB(out)
 
     def _observation(self) -> np.ndarray:
         frame = np.maximum(self._frames[0], self._frames[1]) if self.max_pool else self._frames[0]
@@ -97,12 +98,11 @@ class AtariAdapter(gym.Wrapper):
         _, info = self.env.reset(seed=seed, options=options)
         self._grab(self._frames[0])
         self._frames[1] = self._frames[0]
-        return self._observation(), {"lives": int(self.env.unwrapped.ale.lives())}
+        return self._observation(), {"lives": int(self._ale.lives())}
 
     def step(self, action):
-        base = self.env.unwrapped
-        ale = base.ale
-        ale_action = base._action_set[int(action)]
+        ale = self._ale
+        ale_action = self._action_set[int(action)]
         reward = 0.0
         grabbed_previous = False
         for t in range(self.frame_skip):
@@ -125,8 +125,10 @@ def make_atari(game: str, *, image_size: int = 64, grayscale: bool = False, fram
                max_pool: bool = True) -> gym.Env:
     """An unseeded Atari env following metawm's conventions; ``game`` is a gymnasium name
     (``MsPacman``) or a ROM id (``ms_pacman``)."""
+    import ale_py
     from ale_py.env import AtariEnv
 
+    ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)  # no banner on stderr per env
     base = AtariEnv(game if game.islower() else rom_id(game), obs_type="grayscale" if grayscale else "rgb",
                     frameskip=1, repeat_action_probability=float(repeat_action_probability),
                     full_action_space=True, max_num_frames_per_episode=int(max_frames))

@@ -22,6 +22,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from metawm.envs.conventions import clip_action
+
 OBS_DIM = 17
 ACT_DIM = 6
 CTRL_COST_WEIGHT = 0.05
@@ -47,10 +49,10 @@ class CheetahGoalReward(gym.Wrapper):
         return obs.astype(np.float32), {}
 
     def step(self, action):
-        action = np.clip(np.asarray(action, dtype=np.float32), -1.0, 1.0)  # native range is [-1, 1]
+        action = clip_action(action)  # HalfCheetah's native range is [-1, 1]
         obs, _, terminated, truncated, info = self.env.step(action)
         velocity = float(info["x_velocity"])
-        ctrl_cost = self.ctrl_cost_weight * float(np.sum(np.square(action)))
+        ctrl_cost = self.ctrl_cost_weight * float(action @ action)
         if self.goal_velocity is not None:
             forward = -abs(velocity - self.goal_velocity)
         else:

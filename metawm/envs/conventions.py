@@ -52,3 +52,13 @@ def check_step(env: gym.Env, obs: Any, reward: Any = 0.0, terminated: Any = Fals
         raise ValueError(f"info must be a dict, got {type(info).__name__}")
     if success and (info is None or not isinstance(info.get("success"), float)):
         raise ValueError(f"this suite reports success: info['success'] must be a float, got {info}")
+
+
+_ONE = np.float32(1.0)
+_MINUS_ONE = np.float32(-1.0)
+
+
+def clip_action(action: Any) -> np.ndarray:
+    """A continuous action as float32 clipped to [-1, 1] (about twice as fast as ``np.clip``,
+    which matters at ~100 us per MuJoCo step)."""
+    return np.minimum(np.maximum(np.asarray(action, dtype=np.float32), _MINUS_ONE), _ONE)

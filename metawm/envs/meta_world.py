@@ -31,6 +31,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from metawm.envs.conventions import clip_action
+
 OBS_DIM = 39
 ACT_DIM = 4
 GOALS_PER_CLASS = 50
@@ -137,7 +139,7 @@ class MetaWorldAdapter(gym.Wrapper):
         return obs.astype(np.float32), dict(info)
 
     def step(self, action):
-        action = np.clip(np.asarray(action, dtype=np.float32), -1.0, 1.0)
+        action = clip_action(action)
         obs, reward, terminated, truncated, info = self.env.step(action)
         info = dict(info)
         info["success"] = float(info.get("success", 0.0))

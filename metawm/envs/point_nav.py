@@ -22,6 +22,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+from metawm.envs.conventions import clip_action
+
 
 class PointNavEnv(gym.Env):
     metadata = {"render_modes": []}
@@ -49,7 +51,7 @@ class PointNavEnv(gym.Env):
         return self.position.astype(np.float32), {}
 
     def step(self, action):
-        velocity = np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0) * self.max_speed
+        velocity = clip_action(action).astype(np.float64) * self.max_speed
         self.position = self.position + velocity
         self.steps += 1
         delta = self.position - self.goal

@@ -288,3 +288,17 @@ def test_make_env_checks_the_suite():
     family = load_suite("point_nav")
     with pytest.raises(UserError, match="cartpole_physics"):
         family.make_env(TaskSpec.make("cartpole_physics", "train", 0, {}))
+
+
+@pytest.mark.parametrize("name", SUITES)
+def test_max_episode_steps_cuts_any_suite_short(name, no_benchmarks):
+    """``task.max_episode_steps=N`` (e.g. the smoke preset) truncates every suite's episodes at N."""
+    family = load_suite(name, max_episode_steps=7)
+    env = family.make_env(_test_task(family, "train"))
+    env.reset(seed=0)
+    env.action_space.seed(0)
+    for t in range(7):
+        _, _, terminated, truncated, _ = env.step(env.action_space.sample())
+        if terminated:
+            return
+    assert truncated

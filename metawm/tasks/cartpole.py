@@ -21,10 +21,9 @@ class CartPolePhysics(TaskFamily):
     param_names = tuple(DEFAULT_PHYSICS)
 
     def __init__(self, name: str, splits: Mapping[str, Mapping[str, Any]], default: Mapping[str, Any] | None = None,
-                 default_only: bool = False, max_episode_steps: int = MAX_EPISODE_STEPS, **extra: Any):
+                 default_only: bool = False, max_episode_steps: int | None = None, **extra: Any):
         reject_unknown_kwargs(name, extra, ["max_episode_steps"])
-        super().__init__(name, splits, {**DEFAULT_PHYSICS, **dict(default or {})}, default_only)
-        self.max_episode_steps = int(max_episode_steps)
+        super().__init__(name, splits, {**DEFAULT_PHYSICS, **dict(default or {})}, default_only, max_episode_steps)
         from gymnasium.envs.classic_control.cartpole import CartPoleEnv
 
         probe = CartPoleEnv()  # the spaces do not depend on the physics
@@ -32,4 +31,4 @@ class CartPolePhysics(TaskFamily):
 
     def _make_env(self, spec: TaskSpec) -> gym.Env:
         p = self.params_of(spec)
-        return make_cartpole(**{k: float(p[k]) for k in self.param_names}, max_episode_steps=self.max_episode_steps)
+        return make_cartpole(**{k: float(p[k]) for k in self.param_names}, max_episode_steps=MAX_EPISODE_STEPS)

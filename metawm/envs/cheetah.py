@@ -9,10 +9,12 @@ VariBAD:
 * velocity task:  ``r = -|v - v_goal| - 0.05 * ||a||^2``
 * direction task: ``r = d * v - 0.05 * ||a||^2`` with ``d`` in {-1, +1}
 
-where ``v = (x_after - x_before) / dt`` is the forward velocity of the torso (``info["x_velocity"]``
-of v5) and ``0.05 = 0.5 * 1e-1`` is rllab's control-cost weight (v5's own is 0.1). Episodes are
-cut at 200 steps as in the MAML paper. MAML's rllab cheetah observed 20 dimensions (it appended the
-torso's centre of mass); v5's 17 carry the same information except the absolute x position.
+where ``v = (x_after - x_before) / dt`` is the forward velocity of the root over the step
+(``info["x_velocity"]`` of v5, as in VariBAD's and ProMP's ports; MAML's rllab code read the torso's
+instantaneous centre-of-mass velocity instead) and ``0.05 = 0.5 * 1e-1`` is rllab's control-cost
+weight on the clipped action (v5's own is 0.1). Episodes are cut at 200 steps as in the MAML paper.
+MAML's rllab cheetah observed 20 dimensions (it appended the torso's centre of mass); v5's 17 carry
+the same information except the absolute x position.
 """
 
 from __future__ import annotations

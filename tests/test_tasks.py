@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -122,7 +123,7 @@ def test_same_seed_same_tasks(name, fake_goals, no_benchmarks):
         c = family.sample(split, 6, np.random.default_rng(124))
         assert a == b and a != c
         assert all(s.suite == name and s.split == split for s in a)
-        assert [TaskSpec.from_dict(__import__("json").loads(s.to_json())) for s in a] == a  # JSON round trip
+        assert [TaskSpec.from_dict(json.loads(s.to_json())) for s in a] == a  # JSON round trip
 
 
 @pytest.mark.parametrize("name", SUITES)
@@ -234,7 +235,7 @@ def test_metaworld_spec_pins_the_task(no_benchmarks):
         assert spec.get(key) is not None, key
     assert spec["env_name"] == "reach-v3" and spec["goal_set"] == "test" and spec["reward_function_version"] == "v2"
     # a spec read back from JSON rebuilds the very same task
-    again = TaskSpec.from_dict(__import__("json").loads(spec.to_json()))
+    again = TaskSpec.from_dict(json.loads(spec.to_json()))
     env_a, env_b = family.make_env(spec), family.make_env(again)
     obs_a, _ = env_a.reset(seed=0)
     obs_b, _ = env_b.reset(seed=0)

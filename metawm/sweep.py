@@ -272,6 +272,26 @@ def trial_dir(plan: Plan, number: int) -> Path:
 
 
 _PREEMPTED: list[bool] = []  # set in this process by the preemption handler
+_TERMINATED: list[float] = []  # times this process got SIGTERM (under SLURM: cancel or preemption)
+
+
+def _watch_sigterm() -> None:
+    """Under submitit, SIGTERM is logged and ignored (the USR signal that may follow checkpoints and
+    requeues), but SLURM sends it to every process of the job: W&B's service dies, and the trial's
+    next log call fails. Remember it, so such a failure is not blamed on the trial."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def handler(signum: int, frame: Any) -> None:
+        _TERMINATED.append(time.time())
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 def mark_preempted(sweep_dir: str, worker: str) -> None:
@@ -290,6 +310,8 @@ def worker_main(sweep_dir: str, worker: str) -> int:
     from optuna.trial import Trial, TrialState
 
     plan = Plan.load(sweep_dir)
+    if studylib.slurm_job_id():
+        _watch_sigterm()
     study = plan.open_study(_worker_index(worker))
     hb_dir, state_path = plan.dir / "heartbeats", plan.dir / "workers" / f"{worker}.json"
     state_path.parent.mkdir(parents=True, exist_ok=True)
@@ -383,7 +405,12 @@ def _run_trial(plan: Plan, study: Any, trial: Any, worker: str, resumed: bool) -
     _log(worker, f"{'resuming' if resumed else 'starting'} trial {trial.number}: {' '.join(overrides)}")
 
     def finish(state: str, values: list[float] | None = None, error: str | None = None) -> None:
-        if _PREEMPTED:  # requeued: the trial resumes in the next incarnation; tell nothing
+        if _TERMINATED and not _PREEMPTED:  # give the preemption signal time to arrive
+            _log(worker, "got SIGTERM: waiting for SLURM's preemption signal or the kill; not telling the study")
+            deadline = time.time() + 120
+            while time.time() < deadline and not _PREEMPTED:
+                time.sleep(0.2)
+        if _PREEMPTED or _TERMINATED:  # the trial resumes in the requeued job or on the next run
             raise SystemExit(-1)
         if error:
             trial.set_user_attr("error", error[:2000])

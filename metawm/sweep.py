@@ -149,19 +149,19 @@ def make_plan(argv: list[str]) -> tuple[Plan, Any]:
     argv = configlib.normalize(list(argv))
     keys = sweep_keys()
     argv, file_space = _load_space(argv)
-    given = {_root(a) for a in argv}
-    if file_space is None and "sweep" not in given:
-        agent = next((a.split("=", 1)[1] for a in argv if a.split("=", 1)[0] == "agent"), None)
-        if agent is None:
-            agent = next((str(d["agent"]) for d in OmegaConf.load(paths.CONF / "train.yaml").defaults
-                          if hasattr(d, "keys") and "agent" in d), "random")
+    agent = next((a.split("=", 1)[1] for a in argv if a.split("=", 1)[0] == "agent"), None)
+    if agent is None:
+        agent = next((str(d["agent"]) for d in OmegaConf.load(paths.CONF / "train.yaml").defaults
+                      if hasattr(d, "keys") and "agent" in d), "random")
+    space_name = next((a.split("=", 1)[1] for a in argv if _root(a) == "sweep"), agent)
+    if file_space is None and not any(_root(a) == "sweep" for a in argv):
         if agent in configlib.group_choices("agent") and agent not in configlib.group_choices("sweep"):
             raise UserError(f"agent={agent} has no default search space (sweeps/{agent}.yaml). Choose one with "
                             f"sweep=NAME from: {', '.join(configlib.group_choices('sweep'))}, or sweep=path/to/space.yaml.")
     cfg = configlib.compose("sweep", argv)
     train_argv = [a for a in argv if _root(a) not in keys]
     space = file_space or studylib.parse_space(OmegaConf.to_container(cfg.sweep, resolve=True),
-                                               f"sweeps/{cfg.sweep.get('name', 'space')}.yaml")
+                                               f"sweeps/{space_name}.yaml", name=space_name)
     space_d = space.to_dict()
 
     base = configlib.compose("train", train_argv)

@@ -20,29 +20,64 @@ import torch.nn.functional as F
 from metawm.ops.twohot import twohot
 
 
+_SMALL_K = 32
+
+
+def softmax(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last axis. For few classes (K <= 32, e.g. the 4-class latents of small
+    models) PyTorch's CPU kernel is several times slower than the composed form used here."""
+    if logits.shape[-1] > _SMALL_K:
+        return F.softmax(logits, -1)
+    e = torch.exp(logits - logits.detach().amax(-1, keepdim=True))
+    return e / e.sum(-1, keepdim=True)
+
+
+def log_softmax(logits: torch.Tensor) -> torch.Tensor:
+    """Log-softmax over the last axis (composed form for few classes, see :func:`softmax`)."""
+    if logits.shape[-1] > _SMALL_K:
+        return F.log_softmax(logits, -1)
+    shifted = logits - logits.detach().amax(-1, keepdim=True)
+    return shifted - torch.log(torch.exp(shifted).sum(-1, keepdim=True))
+
+
 def unimix_logprobs(logits: torch.Tensor, unimix: float) -> torch.Tensor:
     """Log-probabilities of ``(1 - unimix) * softmax(logits) + unimix / K`` (..., K).
 
     With ``unimix == 0`` this is ``log_softmax(logits)``."""
     if not unimix:
-        return F.log_softmax(logits, -1)
-    probs = F.softmax(logits, -1)
-    return torch.log((1.0 - unimix) * probs + unimix / logits.shape[-1])
+        return log_softmax(logits)
+    return torch.log(unimix_probs(logits, unimix))
 
 
 def unimix_probs(logits: torch.Tensor, unimix: float) -> torch.Tensor:
     """Probabilities of the uniform mixture (..., K) (cheaper than exp of the log-probs)."""
-    probs = F.softmax(logits, -1)
+    probs = softmax(logits)
     return (1.0 - unimix) * probs + unimix / logits.shape[-1] if unimix else probs
 
 
-def sample_onehot(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def sample_index(probs: torch.Tensor, generator: torch.Generator | None = None,
+                 uniform: torch.Tensor | None = None) -> torch.Tensor:
+    """Indices (...) drawn from categoricals ``probs`` (..., K) by inverting the CDF with one
+    uniform number per distribution (on CPU several times faster than ``torch.multinomial`` for
+    many small distributions; the same distribution). ``uniform`` (..., 1) in [0, 1) may be given
+    (e.g. drawn for a whole sequence at once); else it is drawn from ``generator``."""
+    if uniform is None:
+        uniform = torch.rand(probs.shape[:-1] + (1,), dtype=probs.dtype, device=probs.device, generator=generator)
+    cdf = probs.detach().cumsum(-1)
+    return (cdf < uniform * cdf[..., -1:]).sum(-1).clamp(max=probs.shape[-1] - 1)
+
+
+def onehot(index: torch.Tensor, classes: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """One-hot vectors (..., classes) of integer ``index`` (...) (no range check, unlike F.one_hot)."""
+    return (index.unsqueeze(-1) == torch.arange(classes, device=index.device)).to(dtype)
+
+
+def sample_onehot(probs: torch.Tensor, generator: torch.Generator | None = None,
+                  uniform: torch.Tensor | None = None) -> torch.Tensor:
     """A one-hot sample from ``probs`` (..., K) with straight-through gradients: the value is the
     one-hot vector, the gradient is that of ``probs`` (DreamerV2 eq. 5, kept in DreamerV3)."""
-    flat = probs.detach().reshape(-1, probs.shape[-1])
-    index = torch.multinomial(flat, 1, generator=generator).reshape(probs.shape[:-1])
-    onehot = F.one_hot(index, probs.shape[-1]).to(probs.dtype)
-    return onehot + probs - probs.detach()
+    sample = onehot(sample_index(probs, generator, uniform), probs.shape[-1], probs.dtype)
+    return sample + probs - probs.detach()
 
 
 def categorical_entropy(logprobs: torch.Tensor) -> torch.Tensor:
@@ -63,7 +98,7 @@ def twohot_mean(logits: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
     to +-4.9e8, a left-to-right float32 sum of a uniform distribution leaves an error of order 1,
     so a zero-initialized reward or value head would not predict zero. Pairing bin i with bin
     K-1-i cancels exactly (the authors' ``TwoHot.pred`` does the same). Returns (...)."""
-    probs = F.softmax(logits, -1)
+    probs = softmax(logits)
     k = bins.shape[-1]
     m = k // 2
     weighted = probs * bins
@@ -75,7 +110,7 @@ def twohot_mean(logits: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
 def twohot_loss(logits: torch.Tensor, target: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
     """Cross-entropy between ``softmax(logits)`` (..., K) and the two-hot encoding of ``target``
     (...) over ``bins`` (DreamerV3 eq. 9-10; the target is treated as a constant). Returns (...)."""
-    return -(twohot(target.detach(), bins) * F.log_softmax(logits, -1)).sum(-1)
+    return -(twohot(target.detach(), bins) * log_softmax(logits)).sum(-1)
 
 
 def binary_loss(logit: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

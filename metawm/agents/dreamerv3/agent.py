@@ -37,20 +37,20 @@ Deviations from the paper and the authors' code (all deliberate, none on the mat
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from metawm.agents.dreamerv3 import losses, presets
 from metawm.agents.dreamerv3.nets import ActorCritic, Nets, WorldModel, features
 from metawm.data.replay import SequenceReplay
 from metawm.infra.errors import UserError, choices_error
-from metawm.ops.distributions import (bounded_normal, categorical_entropy, normal_entropy, normal_logprob,
-                                      twohot_mean, unimix_logprobs)
+from metawm.ops.distributions import (bounded_normal, categorical_entropy, normal_entropy, normal_logprob, onehot,
+                                      sample_index, twohot_mean, unimix_logprobs, unimix_probs)
 from metawm.ops.kl import kl_balance
 from metawm.ops.optim import LaProp, warmup_lr
 from metawm.ops.symlog import symexp, symexp_bins
@@ -64,14 +64,17 @@ REPLAY_KEYS = ("obs", "action", "reward", "is_first", "is_last", "is_terminal")
 class DreamerV3Agent:
     """DreamerV3 on one :class:`~metawm.types.EnvSpec`; conforms to :class:`metawm.protocols.Agent`.
 
-    ``size`` picks a preset (:mod:`~metawm.agents.dreamerv3.presets`); ``lr``, ``batch_size`` and
-    ``batch_length`` default (None) to the preset's values. Every other default is the paper's.
+    ``size`` picks a preset (:mod:`~metawm.agents.dreamerv3.presets`); ``lr``, ``batch_size``,
+    ``batch_length`` and ``imag_last`` default (None) to the preset's values. Every other default is
+    the paper's. ``imag_last`` = K > 0 starts imagination (and the replay critic loss) only from the
+    last K steps of each replayed sequence (the authors' ``imag_last``; 0 = all T steps).
     """
 
     name = "dreamerv3"
 
     def __init__(self, env_spec: EnvSpec, device: torch.device | str = "cpu", size: str = "small", *,
                  lr: float | None = None, batch_size: int | None = None, batch_length: int | None = None,
+                 imag_last: int | None = None,
                  replay_ratio: float = 32.0, replay_capacity: int = 1_000_000, train_after: int | None = None,
                  imag_horizon: int = 15, horizon: float = 333.0, lam: float = 0.95, actent: float = 3e-4,
                  slow_critic_decay: float = 0.98, slowreg: float = 1.0, free_nats: float = 1.0,
@@ -89,6 +92,7 @@ class DreamerV3Agent:
         self.lr = float(lr if lr is not None else p.lr)
         self.batch_size = int(batch_size if batch_size is not None else p.batch_size)
         self.batch_length = int(batch_length if batch_length is not None else p.batch_length)
+        self.imag_last = int(imag_last if imag_last is not None else p.imag_last)  # 0: every replayed state
         self.replay_ratio = float(replay_ratio)
         self.train_after = int(train_after if train_after is not None else self.batch_size * self.batch_length)
         self.imag_horizon, self.horizon, self.lam, self.actent = int(imag_horizon), float(horizon), float(lam), float(actent)
@@ -154,9 +158,9 @@ class DreamerV3Agent:
         state = wm.rssm.obs_step(deter * keep, stoch * keep[..., None], prev * keep, embed)
         raw = self.nets.actor_critic.actor(features(state.deter, state.stoch))
         if self.discrete:
-            logp = unimix_logprobs(raw, self.actor_unimix)
-            index = torch.multinomial(logp.exp(), 1)[:, 0] if explore else logp.argmax(-1)
-            vec, env_action = F.one_hot(index, self.act_dim).float(), index.cpu().numpy().astype(np.int64)
+            probs = unimix_probs(raw, self.actor_unimix)
+            index = sample_index(probs) if explore else probs.argmax(-1)
+            vec, env_action = onehot(index, self.act_dim), index.cpu().numpy().astype(np.int64)
         else:
             mean, std = bounded_normal(raw[:, :self.act_dim], raw[:, self.act_dim:], self.minstd, self.maxstd)
             vec = (mean + std * torch.randn_like(std) if explore else mean).clamp(-1, 1)
@@ -256,10 +260,12 @@ class DreamerV3Agent:
         rew = losses.reward_loss(wm.reward(feat), reward, self.bins)
         con = losses.continue_loss(wm.cont(feat)[..., 0], is_terminal, self.horizon)
 
-        # -- 4b. Imagination from every replayed state. No gradients flow through the rollout:
-        # the actor learns by REINFORCE, which needs only log-probabilities of the actions taken.
+        # -- 4b. Imagination from every replayed state (or the last K of each sequence). No gradients
+        # flow through the rollout: the actor learns by REINFORCE, which needs only log-probabilities.
+        K = min(self.imag_last or T, T)
         with torch.no_grad():
-            img_feat, img_act = self._imagine(wm, ac, post.deter.flatten(0, 1), post.stoch.flatten(0, 1))
+            img_feat, img_act = self._imagine(wm, ac, post.deter[:, -K:].flatten(0, 1),
+                                              post.stoch[:, -K:].flatten(0, 1))
             img_rew = twohot_mean(wm.reward(img_feat), self.bins)
             img_con = torch.sigmoid(wm.cont(img_feat)[..., 0])
             img_slow = twohot_mean(self.slow_critic(img_feat), self.bins)
@@ -274,11 +280,12 @@ class DreamerV3Agent:
             lam=self.lam, actent=self.actent, slowreg=self.slowreg, **self.retnorm_args)
 
         # -- 4d. Critic on the replayed sequences, bootstrapped from the imagined returns
+        last_k = feat[:, -K:]
         with torch.no_grad():
-            rep_slow = twohot_mean(self.slow_critic(feat.detach()), self.bins)
+            rep_slow = twohot_mean(self.slow_critic(last_k.detach()), self.bins)
         repval, rep_ret = losses.replay_value_loss(
-            reward, is_last, is_terminal, imag.ret[:, 0].reshape(B, T), rep_slow, ac.critic(feat), self.bins,
-            horizon=self.horizon, lam=self.lam, slowreg=self.slowreg)
+            reward[:, -K:], is_last[:, -K:], is_terminal[:, -K:], imag.ret[:, 0].reshape(B, K), rep_slow,
+            ac.critic(last_k), self.bins, horizon=self.horizon, lam=self.lam, slowreg=self.slowreg)
 
         terms = {"rec": rec.mean(), "rew": rew.mean(), "con": con.mean(), "dyn": dyn.mean(), "rep": rep.mean(),
                  "policy": imag.policy.mean(), "value": imag.value.mean(), "repval": repval.mean()}
@@ -305,7 +312,7 @@ class DreamerV3Agent:
         """Roll the prior forward ``imag_horizon`` steps with the actor from N start states.
         Returns features (N, H + 1, F) of the start and imagined states and the actions (N, H, A)
         taken in states 0..H-1 (one-hot for discrete actions, unclipped samples for continuous)."""
-        weights = wm.rssm._core_weights()
+        weights = wm.rssm.core_weights()
         feats, acts = [features(deter, stoch)], []
         for _ in range(self.imag_horizon):
             action = self._sample_action(ac.actor(feats[-1]))
@@ -318,8 +325,7 @@ class DreamerV3Agent:
     # -- the policy distribution (categorical with 1% unimix, or bounded normal) ------------------
     def _sample_action(self, raw: torch.Tensor) -> torch.Tensor:
         if self.discrete:
-            probs = unimix_logprobs(raw, self.actor_unimix).exp()
-            return F.one_hot(torch.multinomial(probs, 1)[:, 0], self.act_dim).to(raw.dtype)
+            return onehot(sample_index(unimix_probs(raw, self.actor_unimix)), self.act_dim, raw.dtype)
         mean, std = bounded_normal(raw[..., :self.act_dim], raw[..., self.act_dim:], self.minstd, self.maxstd)
         return mean + std * torch.randn_like(std)
 
@@ -334,7 +340,7 @@ class DreamerV3Agent:
     def _action_vectors(self, action: torch.Tensor) -> torch.Tensor:
         """Stored actions (B, T) int64 or (B, T, A) float -> vectors the RSSM takes (B, T, A)."""
         if self.discrete:
-            return F.one_hot(action.long().clamp(0, self.act_dim - 1), self.act_dim).float()
+            return onehot(action.long(), self.act_dim)
         return action.float()
 
     # ======================================================================================
@@ -358,9 +364,13 @@ class DreamerV3Agent:
     # Persistence, info, plots
     # ======================================================================================
     def state_dict(self, *, replay: bool = False) -> dict[str, Any]:
+        """A snapshot (copies, not views of the live tensors) of everything needed to continue
+        exactly: weights, slow critic, optimizer moments, normalizer, counters, and the replay when
+        ``replay`` (the global RNG is the caller's: the training loop saves it)."""
         return {"agent": self.name, "version": 1, "preset": self.size, "spec": self.env_spec.describe(),
-                "nets": self.nets.state_dict(), "slow_critic": self.slow_critic.state_dict(),
-                "optimizer": self.opt.state_dict(), "retnorm": self.retnorm.detach().cpu().clone(),
+                "nets": copy.deepcopy(self.nets.state_dict()),
+                "slow_critic": copy.deepcopy(self.slow_critic.state_dict()),
+                "optimizer": copy.deepcopy(self.opt.state_dict()), "retnorm": self.retnorm.detach().cpu().clone(),
                 "counters": {"updates": self.updates, "ratio_start": self.ratio_start,
                              "ratio_updates": self.ratio_updates},
                 "replay": self.replay.state_dict() if replay else None}
@@ -394,6 +404,7 @@ class DreamerV3Agent:
                 "params_world_model": count(parts["world_model"]),
                 "params_actor_critic": count(parts["actor_critic"]),
                 "dims": self.preset.to_dict(), "lr": self.lr, "batch": [self.batch_size, self.batch_length],
+                "imag_last": self.imag_last,
                 "replay_ratio": self.replay_ratio, "replay_ratio_definition": "replayed time steps per env step",
                 "updates": self.updates, "replay_bytes_per_step": self.replay.bytes_per_step(),
                 "device": str(self.device), "spec": self.env_spec.describe()}

@@ -141,29 +141,31 @@ class RSSM(nn.Module):
         action = action / torch.clamp(action.detach().abs(), min=1.0)
         return F.silu(self.dynnorm2(self.dynin2(action)))
 
-    def _core_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The block weight split into its block-diagonal part on h (g, dg, dg) and its dense part
-        on the shared input embedding (3H, D): one matmul instead of a repeat per block."""
+    def core_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first block layer's weight split into its block-diagonal part on h (g, dg, dg) and its
+        dense part on the input embedding shared by all blocks (3H, D): one matmul for the shared
+        part instead of repeating the embedding per block. Computed once per sequence."""
         dg = self.deter // self.blocks
-        w = self.dynhid.weight
+        w = self.dynhid.weight  # (g, dg + 3H, dg): per block [h_block, shared input embedding]
         return w[:, :dg], w[:, dg:].permute(1, 0, 2).reshape(3 * self.hidden, self.deter)
 
     def core(self, deter: torch.Tensor, stoch: torch.Tensor, act_embed: torch.Tensor,
              weights: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """One step of the block GRU: h_t from h_{t-1} (N, D), z_{t-1} (N, S, K) and the action
-        embedding (N, H). Reset gate, candidate tanh(r * c), update gate sigmoid(u - 1)."""
-        w_h, w_x = weights if weights is not None else self._core_weights()
+        embedding (N, H). Reset gate, candidate tanh(r * c), update gate sigmoid(u - 1) (authors'
+        ``RSSM._core``); ``weights`` from :meth:`core_weights` (computed here when None)."""
         n, g = deter.shape[0], self.blocks
+        w_h, w_x = weights if weights is not None else self.core_weights()
         x0 = F.silu(self.dynnorm0(self.dynin0(deter)))
         x1 = F.silu(self.dynnorm1(self.dynin1(stoch.reshape(n, -1))))
-        x = torch.cat([x0, x1, act_embed], -1) @ w_x
-        x = x + torch.einsum("ngi,gio->ngo", deter.reshape(n, g, -1), w_h).reshape(n, -1) + self.dynhid.bias
+        x = torch.addmm(self.dynhid.bias, torch.cat([x0, x1, act_embed], -1), w_x)
+        x = x + torch.einsum("ngi,gio->ngo", deter.reshape(n, g, -1), w_h).reshape(n, -1)
         x = F.silu(self.dynhidnorm(x))
         gates = self.dyngru(x).reshape(n, g, 3, -1)
         reset = torch.sigmoid(gates[:, :, 0].reshape(n, -1))
         cand = torch.tanh(reset * gates[:, :, 1].reshape(n, -1))
         update = torch.sigmoid(gates[:, :, 2].reshape(n, -1) - 1.0)
-        return update * cand + (1 - update) * deter
+        return deter + update * (cand - deter)
 
     def prior_logits(self, deter: torch.Tensor) -> torch.Tensor:
         """Dynamics predictor logits (..., S, K) from h (..., D)."""
@@ -186,16 +188,20 @@ class RSSM(nn.Module):
         deter, stoch = start if start is not None else self.initial(b, embed.device)
         act_embed = self.action_embed(prev_action)
         obs_in = F.linear(embed, self.obs0.weight[:, self.deter:], self.obs0.bias)
-        w_obs = self.obs0.weight[:, :self.deter]
+        w_obs = self.obs0.weight[:, :self.deter].T
         keep = (~is_first).to(embed.dtype)
-        weights = self._core_weights()
+        resets = is_first.any(0).tolist()  # mask only where some sequence starts an episode
+        uniform = torch.rand(b, t_len, self.stoch, 1, device=embed.device)
+        weights = self.core_weights()
         deters, stochs, logits = [], [], []
         for t in range(t_len):
-            k = keep[:, t, None]
-            deter = self.core(deter * k, stoch * k[..., None], act_embed[:, t], weights)
-            x = F.silu(self.obsnorm0(F.linear(deter, w_obs) + obs_in[:, t]))
+            if resets[t]:
+                k = keep[:, t, None]
+                deter, stoch = deter * k, stoch * k[..., None]
+            deter = self.core(deter, stoch, act_embed[:, t], weights)
+            x = F.silu(self.obsnorm0(torch.addmm(obs_in[:, t], deter, w_obs)))
             logit = self.obslogit(x).unflatten(-1, (self.stoch, self.classes))
-            stoch = self.sample(logit)
+            stoch = sample_onehot(unimix_probs(logit, self.unimix), uniform=uniform[:, t])
             deters.append(deter)
             stochs.append(stoch)
             logits.append(logit)

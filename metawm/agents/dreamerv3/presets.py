@@ -48,6 +48,7 @@ class Preset:
     lr: float = 4e-5
     batch_size: int = 16
     batch_length: int = 64
+    imag_last: int = 0  # imagine from the last K steps of each sequence (0: all, the paper)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -277,7 +277,8 @@ def test_unknown_size_lists_the_presets():
     EnvSpec(gym.spaces.Box(0, 1, (4, 4), np.float32), gym.spaces.Discrete(4)),
     EnvSpec(gym.spaces.Box(-1, 1, (4,), np.float32), gym.spaces.MultiDiscrete([2, 3])),
     EnvSpec(gym.spaces.Box(-1, 1, (4,), np.float32), gym.spaces.Box(-1, 1, (2, 2), np.float32)),
-], ids=["odd-image", "matrix-obs", "multidiscrete", "matrix-action"])
+    EnvSpec(gym.spaces.Box(-1, 1, (4,), np.float32), gym.spaces.Box(0, 5, (2,), np.float32)),
+], ids=["odd-image", "matrix-obs", "multidiscrete", "matrix-action", "unscaled-action"])
 def test_unsupported_tasks_say_what_is_expected(spec):
     with pytest.raises(UserError, match="DreamerV3 expects vector observations .* and actions Discrete"):
         DreamerV3Agent(spec, size="tiny")

@@ -42,6 +42,7 @@ import math
 from pathlib import Path
 from typing import Any, Mapping
 
+import gymnasium as gym
 import numpy as np
 import torch
 
@@ -115,10 +116,7 @@ class DreamerV3Agent:
             ActorCritic(p.deter + p.stoch * p.classes, self.act_dim, self.discrete, units=p.units, bins=int(bins)),
         ).to(self.device)
         # The slow critic: an EMA of the critic's weights, a regularization target (not trained).
-        self.slow_critic = ActorCritic(p.deter + p.stoch * p.classes, self.act_dim, self.discrete,
-                                       units=p.units, bins=int(bins)).critic.to(self.device)
-        self.slow_critic.load_state_dict(self.nets.actor_critic.critic.state_dict())
-        self.slow_critic.requires_grad_(False)
+        self.slow_critic = copy.deepcopy(self.nets.actor_critic.critic).requires_grad_(False)
         self.bins = symexp_bins(int(bins), device=self.device)
         self.retnorm = torch.zeros(2, device=self.device)  # [lo, hi] EMA percentiles of returns
         self.opt = LaProp(self.nets.parameters(), lr=self.lr, betas=(beta1, beta2), eps=eps, agc=agc,
@@ -136,7 +134,9 @@ class DreamerV3Agent:
         shape = tuple(obs.shape or ())
         ok_obs = len(shape) == 1 or (len(shape) == 3 and obs.dtype == np.uint8 and shape[2] in (1, 3)
                                      and all(s % 16 == 0 and 32 <= s <= 256 for s in shape[:2]))
-        ok_act = spec.is_discrete or (len(getattr(act, "shape", ()) or ()) == 1 and str(act.dtype).startswith("float"))
+        ok_act = spec.is_discrete or (
+            isinstance(act, gym.spaces.Box) and len(act.shape) == 1 and np.allclose(act.low, -1)
+            and np.allclose(act.high, 1))
         if not (ok_obs and ok_act):
             raise UserError(f"{expected}; this task has observations {obs} and actions {act}.")
 

@@ -60,7 +60,7 @@ def _paper(d: int) -> Preset:
 
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(units=32, deter=64, classes=4, depth=2, stoch=8, lr=1e-3, batch_size=4, batch_length=16),
-    "small": dataclasses.replace(_paper(64), lr=1e-4),
+    "small": Preset(units=64, deter=256, classes=4, depth=4, lr=3e-4, batch_size=16, batch_length=32, imag_last=8),
     "size1m": _paper(64),
     "size12m": _paper(256),
     "size25m": _paper(384),

@@ -99,7 +99,7 @@ def test_loss_is_finite_and_decreases_on_a_fixed_batch():
     batch = agent.sample_batch()
     first = agent._train_step(batch)
     assert all(np.isfinite(v) for v in first.values())
-    for _ in range(25):
+    for _ in range(12):
         last = agent._train_step(batch)
     wm = lambda m: m["wm/loss/rec"] + m["wm/loss/rew"] + m["wm/loss/con"]  # noqa: E731
     assert wm(last) < 0.8 * wm(first), (wm(first), wm(last))
@@ -205,7 +205,7 @@ def test_substituting_only_the_world_model():
 def test_checkpoint_mid_training_resumes_to_the_same_metrics():
     def run(agent, env_steps):
         rows = []
-        for i, step in enumerate(fake_steps(VECTOR, 40, seed=env_steps)):
+        for i, step in enumerate(fake_steps(VECTOR, 16, seed=env_steps)):
             agent.observe(step)
             rows.append(agent.update(env_steps + i + 1))
         return rows
@@ -215,12 +215,12 @@ def test_checkpoint_mid_training_resumes_to_the_same_metrics():
     run(a, 100)
     state = a.state_dict(replay=True)
     rng = torch.get_rng_state()
-    uninterrupted = run(a, 140)
+    uninterrupted = run(a, 116)
 
     b = make_agent(replay_ratio=16, seed=123)  # different initial weights, empty replay
     b.load_state_dict(state)
     torch.set_rng_state(rng)
-    resumed = run(b, 140)
+    resumed = run(b, 116)
     assert uninterrupted == resumed and any(uninterrupted)
     assert b.updates == a.updates
 

@@ -417,7 +417,8 @@ class DreamerV3Agent:
             return None
         from metawm.agents.dreamerv3 import plots
 
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
+        cuda = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda), torch.no_grad():
             torch.manual_seed(int(env_steps))
             gen = torch.Generator().manual_seed(int(env_steps))
             data = self.replay.sample(min(4, self.batch_size), gen)

@@ -429,7 +429,9 @@ class MuZeroAgent:
                             "network options as the run that wrote it.")
         self.net.load_state_dict(state["net"])
         self.target.load_state_dict(state["target"])
-        self.opt.load_state_dict(state["optimizer"])
+        # a deep copy: torch's loader keeps the given state tensors, so an in-process transfer
+        # (a meta-learner cloning agents) would otherwise share Adam moments between agents
+        self.opt.load_state_dict(copy.deepcopy(state["optimizer"]))
         self.updates, self.env_steps = int(state["updates"]), int(state["env_steps"])
         self._search_stats = np.array(state["search_stats"], dtype=np.float64)
         if state.get("replay") is not None:

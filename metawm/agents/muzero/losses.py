@@ -83,7 +83,7 @@ def muzero_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], *,
         priority = (v0 - z[:, 0]).abs()
         probs = torch.softmax(out["policy"][:, 0], -1)
         metrics.update({
-            "model/loss": float(loss),
+            "model/loss": float(loss.detach()),
             "model/value_loss": float(v_loss.sum(1).mean()),
             "model/policy_loss": float(p_loss.sum(1).mean()),
             "model/reward_loss": float(r_loss.sum(1).mean()),

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from metawm.ops.twohot import expectation, twohot
+from metawm.ops.twohot import twohot
 
 EPS = 1e-3
 
@@ -34,9 +34,9 @@ def h_inv(y: torch.Tensor, eps: float = EPS) -> torch.Tensor:
     algebraically equal form 2u / (1 + sqrt(1 + 4 eps u)), which avoids the cancellation of
     the textbook form near y = 0 in float32.
     """
-    u = y.abs() + 1 + eps
-    root = 2 * u / (1 + torch.sqrt(1 + 4 * eps * u))
-    return torch.sign(y) * (root * root - 1)
+    u = y.abs().add_(1 + eps)
+    root = (2 * u).div_(u.mul(4 * eps).add_(1).sqrt_().add_(1))
+    return torch.copysign(root.mul_(root).sub_(1), y)
 
 
 def support(half_width: int, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> torch.Tensor:
@@ -50,5 +50,8 @@ def scalar_to_categorical(x: torch.Tensor, bins: torch.Tensor, eps: float = EPS)
 
 
 def categorical_to_scalar(logits: torch.Tensor, bins: torch.Tensor, eps: float = EPS) -> torch.Tensor:
-    """The scalar a categorical head predicts: h^{-1}(E_softmax(logits)[bins]). logits (..., K) -> (...)."""
-    return h_inv(expectation(torch.softmax(logits, -1), bins), eps)
+    """The scalar a categorical head predicts: h^{-1}(E_softmax(logits)[bins]). logits (..., K) -> (...).
+
+    The expectation is :func:`metawm.ops.twohot.expectation` written as one matrix product (this
+    runs at every node expansion of the search)."""
+    return h_inv(torch.softmax(logits, -1) @ bins.to(logits.dtype), eps)

@@ -143,13 +143,14 @@ def _completed_q(q: torch.Tensor, visits: torch.Tensor, prior: torch.Tensor, raw
 
 # -- the batched search -------------------------------------------------------------------------
 
-# channels of the per-node edge statistics table (R, 5, A)
-_VIS, _Q, _PRIOR, _COEF, _LOGIT = range(5)
+# channels of the per-node edge statistics table (6, R, A)
+_N1, _Q, _VISITED, _PC, _PRIOR, _LOGIT = range(6)
+_CHANNELS = 6
 
 
 def _puct_coef(n: torch.Tensor, c1: float, c2: float) -> torch.Tensor:
     """sqrt(N) (c1 + log((N + c2 + 1) / c2)): the exploration factor of a node with N visits."""
-    return torch.sqrt(n) * (c1 + torch.log((n + c2 + 1) / c2))
+    return torch.sqrt(n) * (c1 + torch.log1p((n + 1) / c2))
 
 
 @torch.inference_mode()
@@ -159,13 +160,15 @@ def search(model: SearchModel, obs: torch.Tensor, cfg: SearchConfig, *, explore:
     ``explore``: Dirichlet root noise (pUCT) or Gumbel noise (Gumbel MuZero); without it the
     search is deterministic given the model.
 
-    Per node the tree keeps its visit count, mean value, edge reward, raw value, parent and
-    depth; per node and action an edge table ``edge`` (R, 5, A) packs what selection reads
-    (child visits, child Q = r + gamma V, prior, logits, and the node's pUCT factor
-    sqrt(N)(c1 + log((N + c2 + 1) / c2)) broadcast over actions), so one gather per tree level
-    serves the whole selection. Backup is closed-form over the recorded path: the return at
-    depth j is gamma^-j (sum_{i>j} gamma^(i-1) r_i + gamma^L v_leaf), one reverse cumulative
-    sum for all depths and all trees.
+    Per node the tree keeps its visit count, mean value, edge reward, raw value and depth; an
+    edge table ``edge`` (6, R, A) packs what selection reads about a node's children: 1 + visit
+    count, Q = r + gamma V, a visited flag, prior x sqrt(N)(c1 + log((N + c2 + 1) / c2)) (the
+    node's pUCT factor, refreshed when N changes), prior and logits. One gather per tree level
+    serves the whole selection, and since children are allocated after their parents, the next
+    node of a descent is max(child index, current index) (-1 = unexpanded). Backup is closed
+    form over the recorded path: the return seen from depth j is
+    gamma^-j (sum_{i>j} gamma^(i-1) r_i + gamma^L v_leaf), one reverse cumulative sum for every
+    depth of every tree.
     """
     state, logits, value = model.initial(obs)
     B, A = logits.shape
@@ -177,8 +180,9 @@ def search(model: SearchModel, obs: torch.Tensor, cfg: SearchConfig, *, explore:
     base = torch.arange(B, device=dev) * M
     gamma, c1, c2 = float(cfg.discount), float(cfg.pb_c_init), float(cfg.pb_c_base)
 
-    children = torch.full((R * A,), -1, dtype=torch.long, device=dev)   # flat (node * A + action)
-    edge = torch.zeros(R, 5, A, dtype=dt, device=dev)
+    children = torch.full((R * A,), -1, dtype=torch.long, device=dev)   # flat: node * A + action
+    edge = torch.zeros(_CHANNELS, R, A, dtype=dt, device=dev)
+    edge[_N1] = 1
     edge_flat = edge.view(-1)
     visits = torch.zeros(R, dtype=dt, device=dev)
     values = torch.zeros(R, dtype=dt, device=dev)
@@ -188,6 +192,7 @@ def search(model: SearchModel, obs: torch.Tensor, cfg: SearchConfig, *, explore:
     states = tuple(torch.zeros((R, *x.shape[1:]), dtype=x.dtype, device=dev) for x in state)
     lo = torch.full((B, 1), math.inf, dtype=dt, device=dev)
     hi = torch.full((B, 1), -math.inf, dtype=dt, device=dev)
+    coef1 = float(_puct_coef(torch.tensor(1.0, dtype=torch.float64), c1, c2))
 
     # root expansion
     root_logits = logits.to(dt)
@@ -196,8 +201,7 @@ def search(model: SearchModel, obs: torch.Tensor, cfg: SearchConfig, *, explore:
         prior = dirichlet_noise(prior, cfg.dirichlet_alpha, cfg.dirichlet_fraction)
     for buf, x in zip(states, state):
         buf[base] = x
-    edge[base, _PRIOR], edge[base, _LOGIT] = prior, root_logits
-    edge[base, _COEF] = _puct_coef(torch.ones(B, 1, dtype=dt, device=dev), c1, c2)
+    edge[_PRIOR, base], edge[_LOGIT, base], edge[_PC, base] = prior, root_logits, prior * coef1
     values[base], raws[base], visits[base] = value.to(dt), value.to(dt), 1
 
     if cfg.gumbel:
@@ -208,22 +212,21 @@ def search(model: SearchModel, obs: torch.Tensor, cfg: SearchConfig, *, explore:
         considered = torch.zeros(B, A, dtype=torch.bool, device=dev)
         considered.scatter_(1, torch.topk(g + centered, m, dim=-1).indices, True)
 
-        def root_scores(e: torch.Tensor, eligible: torch.Tensor) -> torch.Tensor:
-            sigma = _completed_q(e[:, _Q], e[:, _VIS], prior, raws[base], cfg.gumbel_c_visit, cfg.gumbel_c_scale)
+        def root_scores(n: torch.Tensor, q: torch.Tensor, eligible: torch.Tensor) -> torch.Tensor:
+            sigma = _completed_q(q, n, prior, raws[base], cfg.gumbel_c_visit, cfg.gumbel_c_scale)
             return torch.where(eligible, (g + centered + sigma).clamp_min(-1e9), -math.inf)
 
     def select(idx: torch.Tensor, at_root: bool, s: int) -> torch.Tensor:
-        e = edge.index_select(0, idx)                               # (B, 5, A)
-        n = e[:, _VIS]
+        n1, q, visited, pc, pr, lg = edge.index_select(1, idx).unbind(0)   # each (B, A)
         if cfg.gumbel:
+            n = n1 - 1
             if at_root:
-                return torch.argmax(root_scores(e, n == schedule[s]), -1)
-            sigma = _completed_q(e[:, _Q], n, e[:, _PRIOR], raws.index_select(0, idx),
-                                 cfg.gumbel_c_visit, cfg.gumbel_c_scale)
-            pi = torch.softmax(e[:, _LOGIT] + sigma, -1)
+                return torch.argmax(root_scores(n, q, n == schedule[s]), -1)
+            sigma = _completed_q(q, n, pr, raws.index_select(0, idx), cfg.gumbel_c_visit, cfg.gumbel_c_scale)
+            pi = torch.softmax(lg + sigma, -1)
             return torch.argmax(pi - n / (1 + n.sum(-1, keepdim=True)), -1)
-        qn = torch.where(n > 0, (e[:, _Q] - lo) * inv_span, 0)     # unvisited: 0 (pseudocode)
-        return torch.argmax(qn + e[:, _PRIOR] * e[:, _COEF] / (1 + n), -1)
+        qn = torch.addcmul(offset, q, inv_span) * visited            # min-max Q; unvisited: 0 (pseudocode)
+        return torch.argmax(torch.addcdiv(qn, pc, n1), -1)           # + P sqrt(N)(c1 + ...) / (1 + n)
 
     gpow = torch.pow(torch.tensor(gamma, dtype=torch.float64, device=dev),
                      torch.arange(S + 2, dtype=torch.float64, device=dev))
@@ -231,81 +234,76 @@ def search(model: SearchModel, obs: torch.Tensor, cfg: SearchConfig, *, explore:
     positions = torch.arange(S + 2, device=dev).unsqueeze(0)
     scratch_col = torch.full((B, 1), scratch, dtype=torch.long, device=dev)
     zero_col = torch.zeros(B, 1, dtype=torch.float64, device=dev)
-    zero_act = torch.zeros(B, 1, dtype=torch.long, device=dev)
-    ones_b = torch.ones(B, dtype=torch.bool, device=dev)
-    coef1 = _puct_coef(torch.ones(B, 1, dtype=dt, device=dev), c1, c2)
     check_early_exit = dev.type == "cpu"     # a host sync per level is free on CPU, not on GPU
     max_depth = 0
     for s in range(S):
         span = hi - lo
-        inv_span = torch.where(span > 0, 1 / span, 0)               # lo == hi: normalized Q = 0
+        ok_span = span > 0                                          # lo == hi: normalized Q = 0
+        inv_span = torch.where(ok_span, 1 / span, 0)
+        offset = torch.where(ok_span, -lo * inv_span, 0)
         # 1. selection down all trees at once; a loop over depth only
         idx = base
         act = select(idx, True, s)
-        path, acts, valid = [idx], [act], [ones_b]
+        path, acts = [idx], [act]
         for _ in range(max_depth):
-            nxt = children.index_select(0, idx * A + act)
-            going = nxt >= 0
-            if check_early_exit and not bool(going.any()):
+            nxt = torch.maximum(children.index_select(0, torch.add(act, idx, alpha=A)), idx)
+            if check_early_exit and torch.equal(nxt, idx):
                 break
-            idx = torch.where(going, nxt, idx)
-            act = torch.where(going, select(idx, False, s), act)
+            if cfg.gumbel:   # rows that stopped keep their action (the root rule differs from the interior's)
+                act = torch.where(nxt != idx, select(nxt, False, s), act)
+            else:            # pUCT is deterministic given the node, so a row that stopped reselects the same
+                act = select(nxt, False, s)
+            idx = nxt
             path.append(idx)
             acts.append(act)
-            valid.append(going)
         # 2. expansion: one batched model call for every tree
         new = base + (s + 1)
         nstate, r, lg, v = model.recurrent(tuple(buf.index_select(0, idx) for buf in states), act)
         r, v, lg = r.to(dt), v.to(dt), lg.to(dt)
         for buf, x in zip(states, nstate):
             buf[new] = x
-        children[idx * A + act] = new
+        children[torch.add(act, idx, alpha=A)] = new
         leaf_depth = depths.index_select(0, idx) + 1
         depths[new] = leaf_depth
         rewards[new], raws[new], values[new], visits[new] = r, v, v, 1
-        edge[new, _PRIOR], edge[new, _LOGIT] = torch.softmax(lg, -1), lg
-        edge[new, _COEF] = coef1
+        p_new = torch.softmax(lg, -1)
+        edge[_PRIOR, new], edge[_LOGIT, new], edge[_PC, new] = p_new, lg, p_new * coef1
         # 3. backup along the recorded paths, closed form (docstring)
-        D = len(path)                                               # path positions 0..D-1, leaf at L
-        ok = torch.stack(valid, 1).cumprod(1).bool()                # (B, D): ancestors of the leaf
-        P = torch.where(ok, torch.stack(path, 1), scratch)
-        P = torch.cat([P, scratch_col], 1)
-        L = leaf_depth.unsqueeze(1)                                 # (B, 1), <= D
+        D = len(path)                                               # path positions 0..D-1
+        L = leaf_depth.unsqueeze(1)                                 # (B, 1): the leaf's position, <= D
+        P = torch.cat([torch.stack(path, 1), scratch_col], 1)
         P.scatter_(1, L, new.unsqueeze(1))
         pos = positions[:, :D + 1]
         on_path = pos <= L
+        anc = pos < L                                               # strict ancestors of the leaf
         rw = torch.where(on_path & (pos > 0), rewards[P].double(), 0) * gpow_shift[:D + 1]
         tail = torch.flip(torch.cumsum(torch.flip(rw, [1]), 1), [1])  # sum_{i >= j}
         tail = torch.cat([tail[:, 1:], zero_col], 1)
-        ret = (tail + gpow[L] * v.double().unsqueeze(1)) / gpow[:D + 1]  # return seen from depth j
-        anc = pos < L
+        ret = ((tail + gpow[L] * v.double().unsqueeze(1)) / gpow[:D + 1]).to(dt)
         Pa = torch.where(anc, P, scratch)
-        n_old = visits[Pa]
-        n_new = n_old + 1
-        values[Pa] = (values[Pa] * n_old + ret.to(dt)) / n_new
+        n_new = visits[Pa] + 1
+        values[Pa] = values[Pa] + (ret - values[Pa]) / n_new
         visits[Pa] = n_new
-        edge[Pa, _COEF] = _puct_coef(n_new, c1, c2).unsqueeze(-1).expand(-1, -1, A)
+        edge[_PC, Pa] = edge[_PRIOR, Pa] * _puct_coef(n_new, c1, c2).unsqueeze(-1)
         q = rewards[P] + gamma * values[P]                          # after the update; root: gamma V
         lo = torch.minimum(lo, torch.where(on_path, q, math.inf).min(1, keepdim=True).values)
         hi = torch.maximum(hi, torch.where(on_path, q, -math.inf).max(1, keepdim=True).values)
-        A_path = torch.stack(acts, 1)                               # action taken at path position j
-        A_path = torch.cat([A_path, zero_act], 1)
-        e_idx = Pa * (5 * A) + A_path
-        child_q, child_n = q[:, 1:], visits[P[:, 1:]]
-        edge_flat[e_idx[:, :-1] + _Q * A] = torch.where(anc[:, :-1], child_q, 0)
-        edge_flat[e_idx[:, :-1] + _VIS * A] = torch.where(anc[:, :-1], child_n, 0)
+        e_idx = torch.add(torch.stack(acts, 1), Pa[:, :D], alpha=A)   # (parent, action) of each path edge
+        edge_flat[e_idx + _Q * R * A] = q[:, 1:]
+        edge_flat[e_idx + _N1 * R * A] = visits[P[:, 1:]] + 1
+        edge_flat[e_idx + _VISITED * R * A] = 1
         max_depth = max(max_depth, int(leaf_depth.max()))
 
-    e = edge[base]
-    n, q = e[:, _VIS], e[:, _Q]
+    e = edge.index_select(1, base)
+    n, q = e[_N1] - 1, e[_Q]
     if cfg.gumbel:
-        action = torch.argmax(root_scores(e, n == n.max(-1, keepdim=True).values), -1)
+        action = torch.argmax(root_scores(n, q, n == n.max(-1, keepdim=True).values), -1)
         sigma = _completed_q(q, n, prior, raws[base], cfg.gumbel_c_visit, cfg.gumbel_c_scale)
         policy = torch.softmax(root_logits + sigma, -1)
     else:
         action, considered = None, None
         policy = n / n.sum(-1, keepdim=True).clamp_min(1)
-    return SearchResult(visits=n.clone(), policy=policy, root_value=values[base].clone(), raw_value=raws[base].clone(),
+    return SearchResult(visits=n, policy=policy, root_value=values[base], raw_value=raws[base],
                         prior=prior, qvalues=torch.where(n > 0, q, 0), action=action, considered=considered,
                         max_depth=max_depth)
 

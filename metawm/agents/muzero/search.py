@@ -229,11 +229,12 @@ def search(model: SearchModel, obs: torch.Tensor, cfg: SearchConfig, *, explore:
         return torch.argmax(torch.addcdiv(qn, pc, n1), -1)           # + P sqrt(N)(c1 + ...) / (1 + n)
 
     gpow = torch.pow(torch.tensor(gamma, dtype=torch.float64, device=dev),
-                     torch.arange(S + 2, dtype=torch.float64, device=dev))
+                     torch.arange(S + 2, dtype=torch.float64, device=dev)).to(dt)
     gpow_shift = torch.cat([gpow[:1], gpow[:-1]])                   # gamma^(i-1), i >= 1
+    coef_table = _puct_coef(torch.arange(S + 3, dtype=torch.float64, device=dev), c1, c2).to(dt)
     positions = torch.arange(S + 2, device=dev).unsqueeze(0)
     scratch_col = torch.full((B, 1), scratch, dtype=torch.long, device=dev)
-    zero_col = torch.zeros(B, 1, dtype=torch.float64, device=dev)
+    zero_col = torch.zeros(B, 1, dtype=dt, device=dev)
     check_early_exit = dev.type == "cpu"     # a host sync per level is free on CPU, not on GPU
     max_depth = 0
     for s in range(S):
@@ -276,15 +277,16 @@ def search(model: SearchModel, obs: torch.Tensor, cfg: SearchConfig, *, explore:
         pos = positions[:, :D + 1]
         on_path = pos <= L
         anc = pos < L                                               # strict ancestors of the leaf
-        rw = torch.where(on_path & (pos > 0), rewards[P].double(), 0) * gpow_shift[:D + 1]
+        rw = torch.where(on_path & (pos > 0), rewards[P], 0) * gpow_shift[:D + 1]
         tail = torch.flip(torch.cumsum(torch.flip(rw, [1]), 1), [1])  # sum_{i >= j}
         tail = torch.cat([tail[:, 1:], zero_col], 1)
-        ret = ((tail + gpow[L] * v.double().unsqueeze(1)) / gpow[:D + 1]).to(dt)
+        ret = (tail + gpow[L] * v.unsqueeze(1)) / gpow[:D + 1]
         Pa = torch.where(anc, P, scratch)
         n_new = visits[Pa] + 1
-        values[Pa] = values[Pa] + (ret - values[Pa]) / n_new
+        v_old = values[Pa]
+        values[Pa] = v_old + (ret - v_old) / n_new
         visits[Pa] = n_new
-        edge[_PC, Pa] = edge[_PRIOR, Pa] * _puct_coef(n_new, c1, c2).unsqueeze(-1)
+        edge[_PC, Pa] = edge[_PRIOR, Pa] * coef_table[n_new.long()].unsqueeze(-1)
         q = rewards[P] + gamma * values[P]                          # after the update; root: gamma V
         lo = torch.minimum(lo, torch.where(on_path, q, math.inf).min(1, keepdim=True).values)
         hi = torch.maximum(hi, torch.where(on_path, q, -math.inf).max(1, keepdim=True).values)

@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 DEFAULTS = [
-    "+task=cartpole_physics", "agent=muzero", "+task.default_only=true", "meta.population=1",
+    "+task=cartpole_physics", "agent=muzero", "task.default_only=true", "meta.population=1",
     "meta.envs_per_task=8", "meta.inner_steps=1000", "eval.splits=[train]", "eval.tasks=1", "eval.episodes=10",
     "objective=eval/train/return", "tracker=disabled", "progress=false",
 ]

@@ -18,7 +18,7 @@ Nature 2020; with options from MuZero Reanalyze (same paper, appendix H), Gumbel
    value targets bootstrapped from stored search values (MuZero) or recomputed with the target
    network (``value_target=network``: MuZero Reanalyze's fresh value targets; ``search``:
    fresh MCTS root values, as EfficientZero does with its off-policy correction), and for a
-   ``reanalyze_fraction`` of the batch fresh search policies from the target network (MuZero
+   ``reanalyze_fraction`` of the batch fresh search policies from the latest network (MuZero
    Reanalyze); then one optimizer step on :func:`.losses.muzero_loss` and new priorities.
 
 Parameters are explicit (DESIGN.md): :meth:`parts` names the representation, dynamics and
@@ -345,12 +345,13 @@ class MuZeroAgent:
             boot = value.float().view(B, K + 1)
         z = windowed_n_step(t(raw["window_reward"]), t(raw["horizon"]), boot, t(raw["boot_mask"]), self.discount)
 
-        # policy targets: stored search statistics, or reanalyzed for a fraction of the batch
+        # policy targets: stored search statistics, or for a fraction of the batch a fresh search with
+        # the latest parameters (MuZero Reanalyze, appendix H; without root noise)
         policy = t(raw["target_policy"])
         n_re = int(round(self.reanalyze_fraction * B))
         if n_re > 0:
             rows, pos = raw["boot_rows"][:n_re].ravel(), raw["unroll_pos"][:n_re].ravel()
-            res = search(self._model(self.target), t(self.buffer.stacked_obs(rows, pos)), self.reanalyze_cfg,
+            res = search(self._model(self.net), t(self.buffer.stacked_obs(rows, pos)), self.reanalyze_cfg,
                          explore=False)
             fresh = res.policy.float().view(n_re, K + 1, -1)
             mask = t(raw["policy_mask"][:n_re]).unsqueeze(-1) > 0

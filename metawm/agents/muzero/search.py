@@ -24,7 +24,7 @@ Two root/interior rules:
   and Sequential Halving over the budget (Algorithm 2; the visit schedule is mctx's
   ``get_table_of_considered_visits``); interior nodes pick argmax_a pi'(a) - N(a) / (1 + sum N)
   (eq. 14) with pi' = softmax(logits + sigma(completed Q)) (eq. 11), sigma(q) = (c_visit +
-  max_b N(b)) c_scale q (eq. 8), Q completed with v_mix (eq. 33 / appendix D) and min-max
+  max_b N(b)) c_scale q (eq. 8), Q completed (eq. 10) with v_mix (appendix D, eq. 33) and min-max
   rescaled per node as in mctx ``qtransform_completed_by_mix_value``. The policy target is pi'
   at the root (eq. 11), the action the Sequential Halving winner.
 

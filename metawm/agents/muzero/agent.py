@@ -27,6 +27,27 @@ prediction parameters, :meth:`loss` evaluates the training loss through
 and differentiate through it.
 
 Continuous actions are refused: Sampled MuZero (Hubert et al., ICML 2021) is not implemented.
+
+Where this deviates from the papers (each also noted where it happens):
+
+* Optimizer: AdamW with decoupled weight decay and a linear warm-up for the small presets; the
+  ``base`` preset uses the paper's SGD with momentum 0.9, lr 0.05, weight decay 1e-4, without
+  its exponential lr decay. Weight decay lives in the optimizer, not in ``loss``.
+* Norm layers are LayerNorm / GroupNorm, not BatchNorm (``loss`` must be a pure function of the
+  parameters for meta-learners); frames are 64x64 (latent 4x4), history is stacked frames only.
+* Search statistics follow mctx: a node's expansion counts as a visit with its network value.
+* Reanalyze (appendix H) recomputes policy targets with the latest parameters, without root
+  noise; value bootstraps come from a target network copied every ``target_update_interval``
+  updates (``value_target=network``), from a fresh search with it (``search``), or from the
+  acting-time search (``stored``, the original MuZero).
+* EfficientZero: the off-policy correction measures the age of data in environment steps and
+  shortens n as in sec. 4.3 (l = clip(n - floor(age / (tau T)), 1, n)); EfficientZero also
+  switches its bootstrap to fresh root values, which here is the separate ``value_target=search``.
+  The value-prefix LSTM (sec. 4.2) feeds ReLU + MLP heads (no BatchNorm); the SimSiam projector
+  (sec. 4.1) uses LayerNorm.
+* Episode ends: positions past a terminal state are absorbing (value, reward 0; policy masked),
+  as in the pseudocode; past a time-limit truncation the value target is masked instead, and an
+  n-step window that reaches the truncation bootstraps from the last state's value.
 """
 
 from __future__ import annotations

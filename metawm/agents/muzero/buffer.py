@@ -55,20 +55,25 @@ class GameBuffer:
         self.max_priority = 1.0
 
     # -- storage -------------------------------------------------------------------------------
+    def _fields(self) -> dict[str, tuple[tuple[int, ...], Any, Any]]:
+        return {"obs": (self.obs_shape, self.obs_dtype, 0), "action": ((), np.int64, 0),
+                "reward": ((), np.float32, 0), "first": ((), bool, False), "last": ((), bool, False),
+                "terminal": ((), bool, False), "policy": ((self.A,), np.float32, 0),
+                "value": ((), np.float32, 0), "priority": ((), np.float64, 0), "stamp": ((), np.int64, 0),
+                "pos": ((), np.int64, -1), "ep_start": ((), np.int64, 0), "ep_end": ((), np.int64, OPEN)}
+
     def _alloc(self, rows: int) -> None:
-        """Allocate (or grow to) ``rows`` streams; the row capacity is fixed by the first call."""
+        """Allocate (or grow to) ``rows`` streams; the row capacity is fixed by the first call.
+        Zero-filled arrays come from ``np.zeros``, whose pages the OS maps lazily, so a large
+        image replay costs memory only as it fills."""
         if self.rows == 0:
             self.C = max(self.capacity // rows, self.K + self.n + 2)
-        fields = {"obs": (self.obs_shape, self.obs_dtype, 0), "action": ((), np.int64, 0),
-                  "reward": ((), np.float32, 0), "first": ((), bool, False), "last": ((), bool, False),
-                  "terminal": ((), bool, False), "policy": ((self.A,), np.float32, 0),
-                  "value": ((), np.float32, 0), "priority": ((), np.float64, 0), "stamp": ((), np.int64, 0),
-                  "pos": ((), np.int64, -1), "ep_start": ((), np.int64, 0), "ep_end": ((), np.int64, OPEN)}
-        for name, (shape, dtype, fill) in fields.items():
-            new = np.full((rows - self.rows, self.C, *shape), fill, dtype=dtype)
+        for name, (shape, dtype, fill) in self._fields().items():
+            size = (rows - self.rows, self.C, *shape)
+            new = np.zeros(size, dtype) if not fill else np.full(size, fill, dtype)
             setattr(self, name, new if self.rows == 0 else np.concatenate([getattr(self, name), new]))
-        for name, fill in (("head", 0), ("cur_start", 0)):
-            new = np.full(rows - self.rows, fill, np.int64)
+        for name in ("head", "cur_start"):
+            new = np.zeros(rows - self.rows, np.int64)
             setattr(self, name, new if self.rows == 0 else np.concatenate([getattr(self, name), new]))
         self.rows = rows
 
@@ -213,22 +218,29 @@ class GameBuffer:
             self.max_priority = max(self.max_priority, float(p.max()))
 
     # -- persistence ---------------------------------------------------------------------------
-    _ARRAYS = ("obs", "action", "reward", "first", "last", "terminal", "policy", "value", "priority", "stamp",
-               "pos", "ep_start", "ep_end", "head", "cur_start")
-
     def state_dict(self) -> dict[str, Any]:
+        """Everything to continue exactly; only the slots written so far are stored."""
         out = {"rows": self.rows, "C": self.C, "max_priority": self.max_priority,
                "rng": self.rng.bit_generator.state}
         if self.rows:
-            out.update({k: getattr(self, k).copy() for k in self._ARRAYS})
+            used = int(min(self.C, self.head.max()))
+            out.update({k: getattr(self, k)[:, :used].copy() for k in self._fields()})
+            out.update(head=self.head.copy(), cur_start=self.cur_start.copy())
         return out
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.rows, self.C, self.max_priority = int(state["rows"]), int(state["C"]), float(state["max_priority"])
+        self.rows, self.C, self.max_priority = 0, 0, float(state["max_priority"])
         self.rng.bit_generator.state = state["rng"]
-        if self.rows:
-            for k in self._ARRAYS:
-                setattr(self, k, np.array(state[k]))
+        if int(state["rows"]):
+            capacity = self.capacity
+            self.capacity = int(state["C"]) * int(state["rows"])
+            self._alloc(int(state["rows"]))
+            self.capacity = capacity
+            self.C = int(state["C"])
+            for k in self._fields():
+                used = np.asarray(state[k]).shape[1]
+                getattr(self, k)[:, :used] = state[k]
+            self.head, self.cur_start = np.array(state["head"]), np.array(state["cur_start"])
 
     def rng_state(self) -> dict[str, Any]:
         return self.rng.bit_generator.state

@@ -61,14 +61,14 @@ def plot(results: list[dict], path: Path, target: float) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     for res in results:
-        xs = [p["env_steps"] for p in res["points"]]
-        ws = [p["wall_s"] / 60 for p in res["points"]]
         ys = [p["return"] for p in res["points"]]
-        axes[0].plot(xs, ys, marker="o", ms=3, label=f"seed {res['seed']}")
-        axes[1].plot(ws, ys, marker="o", ms=3, label=f"seed {res['seed']}")
-    for ax, label in zip(axes, ("env steps", "wall time (min, 2 CPU cores, shared machine)")):
+        for ax, key, scale in zip(axes, ("env_steps", "wall_s", "cpu_s"), (1, 60, 60)):
+            ax.plot([p.get(key, float("nan")) / scale for p in res["points"]], ys, marker="o", ms=3,
+                    label=f"seed {res['seed']}")
+    for ax, label in zip(axes, ("env steps", "wall time (min; 2 CPU cores, shared machine)",
+                                "process CPU time (min)")):
         ax.axhline(target, color="k", ls="--", lw=0.8)
         ax.set_xlabel(label)
         ax.set_ylabel("mean eval return (10 greedy episodes)")
@@ -86,10 +86,14 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=2500)
     ap.add_argument("--target", type=float, default=450.0)
     ap.add_argument("--out", default="runs/bench/muzero_cartpole")
+    ap.add_argument("--replot", action="store_true", help="only redraw curves.png from results.json")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. agent.num_simulations=25")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.replot:
+        plot(json.loads((out / "results.json").read_text())["results"], out / "curves.png", args.target)
+        return
     results = []
     for seed in args.seeds:
         res = run_seed(seed, args.steps, args.eval_every, out, list(args.overrides))

@@ -74,6 +74,8 @@ def test_killed_run_resumes_and_continues_identically(tmp_path, suite):
     (["+task=cartpole_physics", "device=tpu"], r"device='tpu' is not a device name"),
     (["+task=cartpole_physics", "eval.splits=[val]"], r"Unknown split .* 'val'\. Valid choices: test, train"),
     (["+task=cartpole_physics", "resume=maybe"], r"resume='maybe' is not valid"),
+    (["+task=cheetah_vel", "agent=muzero"], r"agent=muzero supports discrete action spaces only"),
+    (["+task=cartpole_physics", "agent=dreamerv3", "agent.size=huge"], r"Unknown DreamerV3 size preset .* tiny"),
 ])
 def test_bad_input_gives_a_clean_error(tmp_path, args, message):
     res = run_cli("metawm.train", *args, *SMOKE[1:], f"run_dir={tmp_path / 'r'}")

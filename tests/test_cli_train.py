@@ -100,3 +100,25 @@ def test_every_suite_runs_a_random_smoke(tmp_path, suite):
     assert res.returncode == 0, res.stderr[-3000:]
     summary = json.loads((Path(tmp_path) / "summary.json").read_text())
     assert summary["status"] == "complete" and summary["objective"] is not None
+
+
+def test_wandb_online_without_network_falls_back_to_offline_quickly(tmp_path):
+    import time
+
+    t0 = time.perf_counter()
+    res = run_cli("metawm.train", "+task=cartpole_physics", "+exp=smoke", "progress=false", "tracker=online",
+                  f"run_dir={tmp_path}", env={"WANDB_MODE": "", "WANDB_BASE_URL": "http://127.0.0.1:9"})
+    assert res.returncode == 0, res.stderr
+    assert "not reachable; logging offline instead" in res.stderr
+    assert list((tmp_path / "wandb").glob("offline-run-*"))
+    assert time.perf_counter() - t0 < 60  # online init without network would block ~100 s
+
+
+def test_corrupt_checkpoint_in_run_dir_is_reported(tmp_path):
+    args = ["+task=cartpole_physics", *SMOKE, "steps=600", f"run_dir={tmp_path}"]
+    assert run_cli("metawm.train", *args, env={"METAWM_CRASH_AFTER_STEPS": "400"}).returncode == 137
+    latest = tmp_path / "checkpoints" / "latest.ckpt"
+    latest.write_bytes(latest.read_bytes()[:100])
+    res = run_cli("metawm.train", *args)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "latest.ckpt" in res.stderr and "corrupt or truncated" in res.stderr

@@ -135,6 +135,9 @@ class WandbSink:
         import wandb
 
         os.environ.setdefault("WANDB_SILENT", "true")
+        # The mode decided here (after the reachability check) is the one W&B uses: a stale or
+        # empty WANDB_MODE in the environment would otherwise override it or fail validation.
+        os.environ["WANDB_MODE"] = mode
         Path(directory).mkdir(parents=True, exist_ok=True)
         try:
             self.run = wandb.init(
@@ -143,7 +146,8 @@ class WandbSink:
                 reinit="finish_previous", settings=wandb.Settings(init_timeout=60, console="off",
                                                                   x_disable_stats=True))
         except Exception as e:  # never let tracking kill a training run
-            print(f"wandb: init failed ({type(e).__name__}: {e}); continuing without W&B.", file=sys.stderr)
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            print(f"wandb: init failed ({type(e).__name__}: {first}); continuing without W&B.", file=sys.stderr)
             self.run = None
 
     def log(self, metrics: Metrics, step: int) -> None:

@@ -7,12 +7,16 @@ ranges its parameters are drawn from::
       train:
         pole_length: {low: 0.25, high: 1.0}          # uniform
         gravity: {low: 4.9, high: 19.6, log: true}   # log-uniform
+        task_index: {low: 0, high: 49, int: true}    # uniform over the integers low..high
         game: {choices: [Pong, Breakout]}            # uniform over a list
         mass: 0.1                                    # fixed
       test: ...
 
 ``sample(split, n, rng)`` draws parameters in sorted-name order from the given numpy Generator,
 so the same generator state always yields the same tasks, whatever agent consumes them.
+
+A family that lists its ``param_names`` gets its suite file checked when it is built: a misspelt
+parameter is a :class:`~metawm.infra.errors.UserError` naming the valid ones, not a silent no-op.
 """
 
 from __future__ import annotations
@@ -36,6 +40,13 @@ def sample_param(name: str, spec: Any, rng: np.random.Generator) -> Any:
         low, high = float(spec["low"]), float(spec["high"])
         if low > high:
             raise UserError(f"parameter {name!r}: low={low} is above high={high}.")
+        if spec.get("int", False) and not spec.get("log", False):
+            # Every integer in low..high equally likely (rounding a uniform draw would give the two
+            # end points half the probability of the others).
+            lo, hi = math.ceil(low), math.floor(high)
+            if lo > hi:
+                raise UserError(f"parameter {name!r}: no integer lies in [{low}, {high}].")
+            return int(rng.integers(lo, hi + 1))
         if spec.get("log", False):
             if low <= 0:
                 raise UserError(f"parameter {name!r}: a log range needs low > 0, got {low}.")
@@ -46,12 +57,35 @@ def sample_param(name: str, spec: Any, rng: np.random.Generator) -> Any:
     return spec  # fixed value
 
 
+def plain(value: Any) -> Any:
+    """OmegaConf containers (what ``hydra.utils.instantiate`` passes for nested keys) as plain
+    dicts and lists, so that parameters freeze into hashable, JSON-able TaskSpecs."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        return value
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain(v) for v in value)
+    return value
+
+
+def reject_unknown_kwargs(suite: str, extra: Mapping[str, Any], valid: list[str]) -> None:
+    """A misspelt suite option (``task.imagesize=84``) is a UserError, not silently ignored."""
+    for key in extra:
+        raise choices_error(f"option of task suite {suite!r}", key, valid)
+
+
 class TaskFamily:
     """Base class of the suites; a subclass implements ``_make_env`` and sets ``env_spec``."""
 
     name: str
     env_spec: EnvSpec
     success_metric: bool = False  # whether episodes report info["success"]
+    param_names: tuple[str, ...] | None = None  # when set, suite files are checked against it
 
     def __init__(self, name: str, splits: Mapping[str, Mapping[str, Any]], default: Mapping[str, Any] | None = None,
                  default_only: bool = False, max_episode_steps: int | None = None, **_: Any):
@@ -59,13 +93,24 @@ class TaskFamily:
         for smoke runs; ``default_only`` makes every sampled task the family's default task."""
         self.name = name
         self.max_episode_steps = int(max_episode_steps) if max_episode_steps else None
+        splits, default = plain(splits), plain(default)
         self.ranges = {split: dict(params or {}) for split, params in splits.items()}
         self.default = dict(default or {})
         self.default_only = bool(default_only)
+        if self.param_names is not None:
+            self.check_param_names()
 
     @property
     def splits(self) -> tuple[str, ...]:
         return tuple(self.ranges)
+
+    def check_param_names(self) -> None:
+        """Every parameter named in ``default`` or a split must be one the family knows."""
+        valid = set(self.param_names or ())
+        for where, params in [("default", self.default), *((f"split {s!r}", r) for s, r in self.ranges.items())]:
+            for key in params:
+                if key not in valid:
+                    raise choices_error(f"parameter of task suite {self.name!r} (in {where})", key, valid)
 
     def check_split(self, split: str) -> None:
         if split not in self.ranges:
@@ -81,6 +126,10 @@ class TaskFamily:
             index = int(rng.integers(1 << 31))  # a stable name for the task, for logs and seeding
             specs.append(TaskSpec.make(self.name, split, index, {**self.default, **params}))
         return specs
+
+    def params_of(self, spec: TaskSpec) -> dict[str, Any]:
+        """The spec's parameters over the family's defaults (a hand-made spec may omit some)."""
+        return {**self.default, **dict(spec.params)}
 
     def default_task(self, split: str = "train", index: int = 0) -> TaskSpec:
         """The family's default task (e.g. CartPole-v1's physics), for single-task benchmarks."""

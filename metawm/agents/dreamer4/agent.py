@@ -66,6 +66,7 @@ from metawm.ops.returns import lambda_returns
 from metawm.types import EnvSpec, Metrics, Step
 
 PHASES = ("tokenizer", "dynamics", "agent", "imagination")
+WORLD_MODEL_PHASES = {"tokenizer", "dynamics", "agent"}
 TERMS = ("tok_mse", "tok_perceptual", "dynamics", "bc", "reward", "cont")
 
 
@@ -128,17 +129,17 @@ class Dreamer4Model(nn.Module):
     def forward(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Total loss of the phases switched on in ``batch["phases"]`` (bool per name in PHASES),
         and metrics. Raw (unnormalized) loss terms are returned under ``raw/<term>``."""
-        p = self.preset
         phases = {name for name, on in zip(PHASES, batch["phases"].tolist()) if on}
-        g = torch.Generator(device=batch["obs"].device)
+        dev = batch["seed"].device
+        g = torch.Generator(device=dev)
         g.manual_seed(int(batch["seed"]))
-        obs, is_first = batch["obs"], batch["is_first"]
-        b, t = is_first.shape
-        seg = self.segments(is_first)
-        total = torch.zeros((), device=obs.device)
+        total = torch.zeros((), device=dev)
         metrics: dict[str, torch.Tensor] = {}
         raw: dict[str, torch.Tensor] = {}
-
+        if phases & WORLD_MODEL_PHASES:
+            obs, is_first = batch["obs"], batch["is_first"]
+            b, t = is_first.shape
+            seg = self.segments(is_first)
         if "tokenizer" in phases:
             u_prob = torch.rand(b, t, generator=g, device=obs.device)
             u_patch = torch.rand(b, t, self.tokenizer.num_patches, generator=g, device=obs.device)
@@ -445,12 +446,14 @@ class Dreamer4Agent:
         phases = phases or self.current_phases()
         if not self.dataset.can_sample(max(p.batch_length, p.imag_context)):
             return None
-        batch = self._tensors(self.dataset.sample(p.batch_size, p.batch_length, rng))
+        batch: dict[str, torch.Tensor] = {}
+        if WORLD_MODEL_PHASES & set(phases):
+            batch.update(self._tensors(self.dataset.sample(p.batch_size, p.batch_length, rng)))
         if "imagination" in phases:
             ctx = self._tensors(self.dataset.sample(p.imag_batch, p.imag_context, rng))
             batch.update({f"imag_{k}": v for k, v in ctx.items()})
         batch["phases"] = torch.tensor([name in phases for name in PHASES], device=self.device)
-        batch["seed"] = torch.randint(0, 2 ** 62, (), generator=rng)
+        batch["seed"] = torch.randint(0, 2 ** 62, (), generator=rng).to(self.device)
         return batch
 
     def _tensors(self, arrays: Mapping[str, np.ndarray]) -> dict[str, torch.Tensor]:
@@ -495,8 +498,13 @@ class Dreamer4Agent:
 
     def write_plots(self, directory: str | Path, env_steps: int) -> Path | None:
         """A strip of real vs generated frames (images) from a dataset window, K = 4 steps."""
+        if self.grad_steps < self.preset.dynamics_start:
+            return None
+        return self.plot_generation(directory, env_steps)
+
+    def plot_generation(self, directory: str | Path, env_steps: int) -> Path | None:
         p = self.preset
-        if not self.model.tokenizer.is_image or self.grad_steps < p.dynamics_start:
+        if not self.model.tokenizer.is_image:
             return None
         length = min(p.batch_length, p.context)
         if not self.dataset.can_sample(length) or length < 2:

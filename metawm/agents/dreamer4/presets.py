@@ -7,7 +7,9 @@ of the evidence scripts (minutes on 2 cores); ``base`` and ``large`` are GPU pre
 512 x 16 tokenizer bottleneck packed into N_z = 256 spatial tokens of 32 channels (appendix A),
 context 192 frames with batch length 256 (we train on one batch length, see ``dynamics.py``).
 The paper gives no widths or depths; ours are the usual transformer shapes that reach those
-counts (12 * depth * dim^2 parameters per transformer).
+counts (about 12 dim^2 parameters per layer, 10.5 dim^2 with GQA at 4 key/value heads of 16):
+tokenizer 16 encoder + 16 decoder layers of width 1024 (~0.40B), dynamics 36 layers of width 2048
+(~1.59B). ``tok_depth`` is the depth of each of the tokenizer's two halves.
 
 Numbers shared by every preset follow the paper: K_max = 64 and K = 4 sampling steps (sec. 3.2),
 temporal attention every 4th layer (sec. 3.4), MAE drop probability U(0, 0.9) (sec. 3.1), context
@@ -97,11 +99,12 @@ PRESETS: dict[str, Preset] = {
         lr_policy=1e-4, lr_value=1e-3, train_ratio=16, learn_start=64, dynamics_start=10, imagination_start=30,
         capacity=5000),
     "small": Preset(
-        "small", tok_dim=64, tok_depth=4, tok_heads=4, tok_kv_heads=4, patch=8, vector_group=4, latents=16,
-        bottleneck=8, dyn_dim=96, dyn_depth=8, dyn_heads=4, dyn_kv_heads=2, pack=2, registers=2,
-        batch_size=16, batch_length=16, context=16, head_hidden=128, head_layers=2, mtp=8, bins=255,
-        imag_horizon=16, imag_batch=32, imag_context=8, lr_tokenizer=1e-3, lr_dynamics=5e-4,
-        lr_policy=1e-4, lr_value=3e-4),
+        "small", tok_dim=64, tok_depth=2, tok_heads=4, tok_kv_heads=4, patch=4, vector_group=4, latents=8,
+        bottleneck=8, dyn_dim=64, dyn_depth=8, dyn_heads=4, dyn_kv_heads=2, pack=2, registers=2,
+        batch_size=8, batch_length=16, context=16, head_hidden=64, head_layers=2, mtp=8, bins=255,
+        imag_horizon=12, imag_batch=16, imag_context=8, lr_tokenizer=1e-3, lr_dynamics=5e-4,
+        lr_policy=3e-4, lr_value=3e-4, train_ratio=32, learn_start=1000, dynamics_start=300,
+        imagination_start=1500, capacity=100_000),
     "base": Preset(
         "base", tok_dim=512, tok_depth=12, tok_heads=8, tok_kv_heads=8, patch=8, latents=128, bottleneck=16,
         dyn_dim=768, dyn_depth=16, dyn_heads=12, dyn_kv_heads=4, pack=2, registers=4, softcap=50.0,
@@ -113,8 +116,8 @@ PRESETS: dict[str, Preset] = {
         softcap=50.0, batch_size=32, batch_length=128, context=96, head_hidden=1024, head_layers=2,
         imag_horizon=32, imag_batch=512, imag_context=32, lr_tokenizer=3e-4, lr_dynamics=3e-4),
     "paper": Preset(
-        "paper", tok_dim=1024, tok_depth=32, tok_heads=16, tok_kv_heads=16, patch=16, latents=512,
-        bottleneck=16, dyn_dim=2048, dyn_depth=32, dyn_heads=16, dyn_kv_heads=4, pack=2, registers=8,
+        "paper", tok_dim=1024, tok_depth=16, tok_heads=16, tok_kv_heads=16, patch=16, latents=512,
+        bottleneck=16, dyn_dim=2048, dyn_depth=36, dyn_heads=16, dyn_kv_heads=4, pack=2, registers=8,
         softcap=50.0, batch_size=16, batch_length=256, context=192, head_hidden=2048, head_layers=2,
         imag_horizon=32, imag_batch=1024, imag_context=64, lr_tokenizer=3e-4, lr_dynamics=3e-4),
 }

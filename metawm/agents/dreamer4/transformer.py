@@ -55,7 +55,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+        return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
 
 
 def rope_angles(positions: torch.Tensor, dim: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,6 +63,19 @@ def rope_angles(positions: torch.Tensor, dim: int, base: float = 10000.0) -> tup
     inv = base ** (-torch.arange(0, dim // 2, device=positions.device, dtype=torch.float32) / (dim // 2))
     ang = positions.to(torch.float32)[:, None] * inv[None, :]
     return ang.cos(), ang.sin()
+
+
+_ROPE_CACHE: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def rope_table(length: int, dim: int, base: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`rope_angles` of positions 0..length-1, memoized (constants, never trained)."""
+    key = (length, dim, base, str(device))
+    if key not in _ROPE_CACHE:
+        if len(_ROPE_CACHE) > 256:
+            _ROPE_CACHE.clear()
+        _ROPE_CACHE[key] = rope_angles(torch.arange(length, device=device), dim, base)
+    return _ROPE_CACHE[key]
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -83,11 +96,11 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     Without capping this is SDPA (fused); with capping the explicit path of the module docstring.
     """
     groups = q.shape[1] // k.shape[1]
+    if not softcap:
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=groups > 1)
     if groups > 1:
         k = k.repeat_interleave(groups, dim=1)
         v = v.repeat_interleave(groups, dim=1)
-    if not softcap:
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     logits = (q @ k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
     logits = softcap * torch.tanh(logits / softcap)
     if mask is not None:
@@ -125,7 +138,7 @@ class Attention(nn.Module):
         if past is not None and past[0].shape[1]:
             k, v = torch.cat([past[0], k], 1), torch.cat([past[1], v], 1)
         total = k.shape[1]
-        cos, sin = rope_angles(torch.arange(total, device=x.device), self.head_dim, self.rope_base)
+        cos, sin = rope_table(total, self.head_dim, self.rope_base, x.device)
         q = apply_rope(q.transpose(1, 2), cos[total - length:], sin[total - length:])
         k = apply_rope(k.transpose(1, 2), cos, sin)
         o = attend(q, k, v.transpose(1, 2), mask, self.softcap)

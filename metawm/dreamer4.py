@@ -184,24 +184,24 @@ def cmd_phase(cfg: DictConfig, phase: str) -> Path:
     specs = task_specs(cfg, tasks)
     seeds = Seeds(cfg.seed)
     agent = build_agent(cfg, tasks.env_spec, device)
+    prev = PREVIOUS[phase]
+    if state != "resume" and prev is not None and RunDir(root / prev).read_summary().get("status") != "complete":
+        raise UserError(f"{phase} starts from a finished {prev} phase, and {root / prev} has none. "
+                        f"Run `python -m metawm.dreamer4 {prev}` with the same arguments first.")
     agent.dataset = Dataset.load(dataset_dir(cfg), tasks.env_spec)
     plan = phase_plan(cfg, phase)
     total = sum(n for n, _ in plan)
-    step, offset, extra = 0, None, {}
+    step, offset, extra, pending = 0, None, {}, []
     if state == "resume":
         ck = checkpoint.load(run.latest, expect={"agent": "dreamer4", "phase": phase})
         agent.load_state_dict(ck["state"]["agent"])
         step, offset, extra = ck["state"]["step"], ck["state"]["jsonl_offset"], ck["state"]["extra"]
+        pending = list(ck["state"]["pending"])  # metrics of updates not logged yet
         set_global_rng_state(ck["state"]["rng"])
         print(f"resuming {phase} at update {step}: {run.path}", file=sys.stderr)
     else:
-        prev = PREVIOUS[phase]
         if prev is not None:
-            prev_run = RunDir(root / prev)
-            if prev_run.read_summary().get("status") != "complete":
-                raise UserError(f"{phase} starts from a finished {prev} phase, and {prev_run.path} has none. "
-                                f"Run `python -m metawm.dreamer4 {prev}` with the same arguments first.")
-            ck = checkpoint.load(prev_run.latest, expect={"agent": "dreamer4", "phase": prev})
+            ck = checkpoint.load(RunDir(root / prev).latest, expect={"agent": "dreamer4", "phase": prev})
             agent.load_state_dict(ck["state"]["agent"])
         seeds.seed_globals(phase)
         if phase == "imagine":
@@ -217,7 +217,7 @@ def cmd_phase(cfg: DictConfig, phase: str) -> Path:
         extra["wall_s"] = time.perf_counter() - t0
         checkpoint.save(run.latest, {**header, "env_steps": step},
                         {"agent": agent.state_dict(), "step": step, "jsonl_offset": sink.offset,
-                         "rng": global_rng_state(), "extra": dict(extra)})
+                         "rng": global_rng_state(), "extra": dict(extra), "pending": list(pending)})
 
     def do_eval() -> dict[str, float]:
         row = evaluate(agent, tasks, specs, cfg, seeds.seed("eval", phase, step))
@@ -227,7 +227,6 @@ def cmd_phase(cfg: DictConfig, phase: str) -> Path:
 
     if phase == "imagine" and step == 0:  # the behaviour-cloning starting point
         sink.log({**do_eval(), "phase/update": 0.0}, 0)
-    pending: list[dict] = []
     every = int(cfg.eval.every)
     while step < total:
         phases = _phases_at(plan, step)

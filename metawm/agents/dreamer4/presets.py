@@ -1,6 +1,7 @@
 """Size presets of Dreamer 4, from a CPU test model to the paper's 2B-parameter world model.
 
-``tiny`` is what the tests and ``+exp=smoke`` use (seconds on a CPU); ``small`` is the CPU preset
+``tiny`` is what the tests and ``+exp=smoke`` use (seconds on a CPU; it samples with K = 2 and
+imagines 3 steps ahead to keep the tests fast); ``small`` is the CPU preset
 of the evidence scripts (minutes on 2 cores); ``base`` and ``large`` are GPU presets, and
 ``paper`` follows Hafner et al. (2025): a ~400M tokenizer and a ~1.6B dynamics transformer (sec. 4,
 "We train models with 2B parameters—400M for the tokenizer and 1.6B for the dynamics model"),
@@ -95,7 +96,7 @@ PRESETS: dict[str, Preset] = {
         "tiny", tok_dim=32, tok_depth=4, tok_heads=2, tok_kv_heads=2, patch=8, vector_group=4, latents=4,
         bottleneck=4, dyn_dim=32, dyn_depth=4, dyn_heads=2, dyn_kv_heads=1, pack=2, registers=1, k_max=8,
         batch_size=4, batch_length=8, context=8, head_hidden=32, head_layers=1, mtp=2, bins=41,
-        action_bins=5, imag_horizon=4, imag_batch=4, imag_context=4, lr_tokenizer=1e-3, lr_dynamics=1e-3,
+        action_bins=5, k_sample=2, imag_horizon=3, imag_batch=4, imag_context=4, lr_tokenizer=1e-3, lr_dynamics=1e-3,
         lr_policy=1e-4, lr_value=1e-3, train_ratio=16, learn_start=64, dynamics_start=10, imagination_start=30,
         capacity=5000),
     "small": Preset(

@@ -299,3 +299,39 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# -- helpers for the evidence scripts (benchmarks/dreamer4_*.py) ----------------------------------------
+def load_phase(phase_dir: str | Path, device: str = "cpu"):
+    """(agent, task distribution, specs, phase config) of a finished or checkpointed phase directory."""
+    phase_dir = Path(phase_dir)
+    cfg = configlib.load_run_config(phase_dir / "config.yaml")
+    tasks = build_tasks(cfg)
+    agent = build_agent(cfg, tasks.env_spec, torch.device(device))
+    ck = checkpoint.load(phase_dir / "checkpoints" / "latest.ckpt", expect={"agent": "dreamer4"})
+    agent.load_state_dict(ck["state"]["agent"])
+    return agent, tasks, task_specs(cfg, tasks), cfg
+
+
+def heldout_windows(tasks, specs, env_spec, length: int, count: int, seed: int, steps: int = 4000,
+                    envs: int = 4) -> dict[str, np.ndarray]:
+    """``count`` windows of ``length`` steps inside single episodes, from fresh random-agent
+    episodes recorded with ``seed`` (not the training data's seed): held-out futures."""
+    from metawm.agents.dreamer4.dataset import record
+    from metawm.agents.random import RandomAgent
+
+    torch.manual_seed(seed)
+    ds = record(RandomAgent(env_spec), lambda i: tasks.make_env(specs[i % len(specs)]), env_spec, steps, envs,
+                [seed + 7919 * i for i in range(envs)])
+    g = torch.Generator().manual_seed(seed)
+    out: list[dict[str, np.ndarray]] = []
+    tries = 0
+    while len(out) < count:
+        tries += 1
+        if tries > 100 * count:
+            raise UserError(f"could not find {count} windows of {length} steps inside episodes; record more steps.")
+        w = ds.sample(1, length, g)
+        if w["is_first"][0, 1:].any():
+            continue
+        out.append({k: v[0] for k, v in w.items()})
+    return {k: np.stack([o[k] for o in out]) for k in out[0]}

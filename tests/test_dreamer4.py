@@ -392,3 +392,14 @@ def test_presets_reach_the_papers_sizes():
                             for k in ("tokenizer", "dynamics")}
     assert 0.3e9 < counts["paper"]["tokenizer"] < 0.5e9 and 1.3e9 < counts["paper"]["dynamics"] < 1.9e9
     assert counts["tiny"]["tokenizer"] + counts["tiny"]["dynamics"] < 5e5
+
+
+def test_pixel_renderings_put_the_state_where_it_belongs():
+    from metawm.agents.dreamer4.pixels import render_cartpole, render_point
+
+    img = render_point(np.array([0.5, 0.0]), 16)
+    assert img.shape == (16, 16, 1) and img.dtype == np.uint8
+    i, j = np.unravel_index(img[..., 0].argmax(), (16, 16))
+    assert (i, j) in {(7, 11), (8, 11), (7, 12), (8, 12)}  # right of centre, mid height
+    left, right = render_cartpole(np.array([-2.0, 0, 0, 0]), 32), render_cartpole(np.array([2.0, 0, 0, 0]), 32)
+    assert left.shape == (32, 32, 1) and left[..., 0].argmax() % 32 < right[..., 0].argmax() % 32

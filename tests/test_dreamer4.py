@@ -216,6 +216,10 @@ def test_levels_follow_eq_4_and_shortcut_sampling_reaches_the_prediction():
     tau, d = sample_levels((4000,), 16, g)
     assert set(torch.unique(d).tolist()) == {1.0, 0.5, 0.25, 0.125, 0.0625}
     assert bool(((tau / d).round() == tau / d).all()) and bool((tau <= 1 - d + 1e-9).all())
+    tau, d = sample_levels((4000,), 16, g, bootstrap_fraction=0.25)  # Frans et al.'s split
+    assert abs(float((d == 1 / 16).float().mean()) - 0.75) < 0.03 and set(torch.unique(d[d > 1 / 16]).tolist()) == \
+        {1.0, 0.5, 0.25, 0.125}
+    assert bool(((tau / d).round() == tau / d).all()) and bool((tau <= 1 - d + 1e-9).all())
     dyn = Dynamics(ActionCodec.from_space(IMAGE.act_space, 5), TINY)
     target = torch.randn(2, 1, TINY.latents, TINY.bottleneck)
     dyn.forward = lambda z, tau, d, *a, **k: (target, None, [])  # a perfect x-predictor

@@ -38,6 +38,8 @@ Deviations from the paper, and why (each also noted where it happens):
 * A learned continuation head supplies c_t of eq. 10 in imagination (``heads.py``).
 * Continuous actions use per-dimension categorical bins (``heads.py``) to keep PMPO bounded.
 * No task embeddings: metawm's tasks are unobserved (``dynamics.py``).
+* Step sizes: 3/4 of the frames at d_min, 1/4 coarser (Frans et al.) instead of eq. 4's uniform
+  draw, which did not learn at CPU budgets (``presets.py``).
 * One batch length (the paper alternates short and long batches for speed); no value EMA.
 * Online, the tokenizer keeps training while the dynamics learns on its latents (the paper
   trains them one after the other; the CLI does too).
@@ -171,7 +173,7 @@ class Dreamer4Model(nn.Module):
         seg_dyn = torch.where(images[:, None], torch.arange(t, device=dev)[None].expand(b, t), seg)
         prev, has_prev = self.previous_actions(batch["action"], batch["has_action"], batch["is_first"])
         has_prev = has_prev & ~images[:, None]
-        tau, d = sample_levels((b, t), p.k_max, g, dev)
+        tau, d = sample_levels((b, t), p.k_max, g, dev, p.bootstrap_fraction if p.bootstrap_fraction >= 0 else None)
         z0 = torch.randn(z1.shape, generator=g, device=dev)
         student: list[torch.Tensor] = []
 

@@ -44,10 +44,21 @@ from metawm.agents.dreamer4.transformer import KVCache, Transformer
 
 
 def sample_levels(shape: tuple[int, ...], k_max: int, generator: torch.Generator | None = None,
-                  device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-frame (tau, d) of eq. 4: d = 1 / 2^e with e ~ U{0..log2 K_max}, tau ~ U{0, d, .., 1 - d}."""
+                  device=None, bootstrap_fraction: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-frame (tau, d): tau ~ U{0, d, .., 1 - d} on the grid of the step size d (eq. 4).
+
+    ``bootstrap_fraction=None`` draws d = 1 / 2^e with e ~ U{0..log2 K_max} as eq. 4 writes it
+    (d_min, the flow-loss case, then has probability 1 / (log2 K_max + 1) = 1/7 at K_max = 64).
+    A number f draws d = d_min with probability 1 - f and a coarser power of two otherwise, the
+    split of the shortcut-models paper (Frans et al. 2024, which Dreamer 4 builds on: 1/4 of the
+    batch are bootstrap targets); f = 0 trains the flow loss only (see ``Preset.bootstrap_*``)."""
     e_max = int(round(math.log2(k_max)))
-    e = torch.randint(0, e_max + 1, shape, generator=generator, device=device)
+    if bootstrap_fraction is None:
+        e = torch.randint(0, e_max + 1, shape, generator=generator, device=device)
+    else:
+        coarse = torch.randint(0, max(e_max, 1), shape, generator=generator, device=device)
+        boot = torch.rand(shape, generator=generator, device=device) < bootstrap_fraction
+        e = torch.where(boot & (e_max > 0), coarse, torch.full_like(coarse, e_max))
     steps = 2 ** e
     i = (torch.rand(shape, generator=generator, device=device) * steps).floor().clamp(max=steps - 1)
     return i / steps, 1.0 / steps

@@ -44,9 +44,11 @@ class Preset:
     layers: int
     candidates: int
     horizon: int
+    train_after: int
 
 
-PRESETS = {"tiny": Preset(32, 2, 64, 6), "small": Preset(64, 2, 256, 10), "medium": Preset(128, 3, 512, 15)}
+PRESETS = {"tiny": Preset(32, 2, 64, 6, 50), "small": Preset(64, 2, 256, 10, 100),
+           "medium": Preset(128, 3, 512, 15, 200)}
 KEYS = ("obs", "action", "reward", "next_obs", "terminal")
 
 
@@ -56,7 +58,7 @@ class MPCAgent:
     def __init__(self, env_spec: EnvSpec, device: torch.device | str = "cpu", size: str = "small", *,
                  hidden: int | None = None, layers: int | None = None, candidates: int | None = None,
                  horizon: int | None = None, discount: float = 0.99, lr: float = 1e-3, batch_size: int = 64,
-                 train_ratio: float = 0.5, train_after: int = 100, replay_capacity: int = 100_000,
+                 train_ratio: float = 0.5, train_after: int | None = None, replay_capacity: int = 100_000,
                  explore_eps: float = 0.1, explore_noise: float = 0.3, term_scale: float = 1.0):
         if env_spec.is_image:
             raise UserError(f"agent=mpc plans with a vector world model and takes vector observations Box(shape=(D,)); "
@@ -69,7 +71,7 @@ class MPCAgent:
         self.layers = int(layers or p.layers)
         self.candidates, self.horizon = int(candidates or p.candidates), int(horizon or p.horizon)
         self.discount, self.lr, self.batch_size = float(discount), float(lr), int(batch_size)
-        self.train_ratio, self.train_after = float(train_ratio), int(train_after)
+        self.train_ratio, self.train_after = float(train_ratio), int(train_after if train_after is not None else p.train_after)
         self.explore_eps, self.explore_noise, self.term_scale = float(explore_eps), float(explore_noise), float(term_scale)
         self.obs_dim = int(env_spec.obs_space.shape[0])
         self.act_dim = env_spec.num_actions

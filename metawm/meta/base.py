@@ -200,10 +200,21 @@ def finetune_adaptation(agent: Agent, tasks: TaskDistribution, spec: TaskSpec, s
 
 def _shot_metrics(agent, tasks, spec, k, seed, episodes, support_return, clock) -> Metrics:
     eps = eval_episodes(agent, tasks, spec, episodes, seed=seed + 1_000_003)
+    return shot_row(eps, k, support_return, clock)
+
+
+def shot_row(eps: Sequence[dict], k: int, support_return: float | None, clock: int) -> Metrics:
+    """The metrics of one adaptation shot from its greedy evaluation episodes; BAMDP suites
+    (``gridworld_goals``) add ``return_ep<i>``, the mean return of the i-th sub-episode."""
     s = summarize_episodes(eps, "x")
-    return {"shot": float(k), "return": s["x/return"], "success": s.get("x/success", math.nan),
-            "support_return": math.nan if support_return is None else float(support_return),
-            "env_steps": float(clock)}
+    row = {"shot": float(k), "return": s["x/return"], "success": s.get("x/success", math.nan),
+           "support_return": math.nan if support_return is None else float(support_return),
+           "env_steps": float(clock)}
+    subs = [e["episode_returns"] for e in eps if "episode_returns" in e]
+    if subs:
+        for i, v in enumerate(np.mean(np.asarray(subs, np.float64), 0)):
+            row[f"return_ep{i + 1}"] = float(v)
+    return row
 
 
 class MetaLearnerBase:
@@ -226,6 +237,20 @@ class MetaLearnerBase:
     def adapt(self, agent: Agent, task: TaskSpec, shots: int, *, seed: int = 0,
               eval_episodes_per_shot: int = 1) -> Iterator[Metrics]:
         """Few-shot adaptation (default: plain fine-tuning of ``agent`` in place)."""
+        return finetune_adaptation(agent, self.ctx.tasks, task, shots, seed=seed,
+                                   eval_episodes_per_shot=eval_episodes_per_shot)
+
+    # -- what metawm.adapt calls (metawm/run/adapt.py) --------------------------------------------
+    def adaptation_agent(self, agent_state: Mapping[str, Any], seed: int) -> Agent:
+        """A fresh copy of the shared agent for one adaptation run (empty replay)."""
+        return fresh_agent(self.ctx.make_agent, self.ctx.tasks.env_spec, agent_state, seed)
+
+    def baseline_adaptation(self, method: str, agent_state: Mapping[str, Any], task: TaskSpec, shots: int, *,
+                            seed: int, eval_episodes_per_shot: int) -> Iterator[Metrics]:
+        """``finetune``: the checkpoint's agent trained with its own update rule; ``scratch``: a
+        freshly initialised agent trained the same way. Both on the plain task observations."""
+        state = agent_state if method == "finetune" else None
+        agent = fresh_agent(self.ctx.make_agent, self.ctx.tasks.env_spec, state, seed)
         return finetune_adaptation(agent, self.ctx.tasks, task, shots, seed=seed,
                                    eval_episodes_per_shot=eval_episodes_per_shot)
 

@@ -18,8 +18,8 @@ parameters (``torch.func`` can vmap and grad it; metrics are reported by ``updat
 Vector observations only (an image suite is refused with a clear error). Planned returns are
 sum_h gamma^h * alive_h * r_h with alive_h the predicted probability of not having terminated.
 Exploration: with ``explore`` a random action with probability ``explore_eps`` (discrete) or
-Gaussian noise of scale ``explore_noise`` (continuous); random actions until ``train_after``
-transitions are stored.
+Gaussian noise of scale ``explore_noise`` (continuous); random actions until the model's first
+gradient step (``train_after`` transitions stored).
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ class MPCAgent:
     @torch.no_grad()
     def act(self, step: Step, carry: None, *, explore: bool) -> tuple[np.ndarray, None]:
         n = len(step["is_first"])
-        if self.size_ < self.train_after:
+        if self.updates == 0:  # an untrained model: act at random (a trained one plans, replay or not)
             return self._random(n), carry
         obs = torch.as_tensor(step["obs"], dtype=torch.float32, device=self.device)
         N, H = self.candidates, self.horizon

@@ -18,8 +18,8 @@ parameters (``torch.func`` can vmap and grad it; metrics are reported by ``updat
 Vector observations only (an image suite is refused with a clear error). Planned returns are
 sum_h gamma^h * alive_h * r_h with alive_h the predicted probability of not having terminated.
 Exploration: with ``explore`` a random action with probability ``explore_eps`` (discrete) or
-Gaussian noise of scale ``explore_noise`` (continuous); random actions until the model's first
-gradient step (``train_after`` transitions stored).
+Gaussian noise of scale ``explore_noise`` (continuous); uniformly random actions while the model
+is the untouched initial one (before its first gradient step, unless its parameters were loaded).
 """
 
 from __future__ import annotations
@@ -82,6 +82,7 @@ class MPCAgent:
         mods.append(nn.Linear(dims[-1], self.obs_dim + 2))
         self.model = nn.Sequential(*mods).to(self.device)
         self.opt = Adam(self.model.parameters(), lr=self.lr)
+        self._init_weight = self.model[0].weight.detach().clone()
         self.capacity = int(replay_capacity)
         self.replay = {k: np.zeros((self.capacity, *s), np.float32) for k, s in self._shapes().items()}
         self.size_, self.pos = 0, 0
@@ -123,7 +124,7 @@ class MPCAgent:
     @torch.no_grad()
     def act(self, step: Step, carry: None, *, explore: bool) -> tuple[np.ndarray, None]:
         n = len(step["is_first"])
-        if self.updates == 0:  # an untrained model: act at random (a trained one plans, replay or not)
+        if not self._fitted():  # the untouched initial model: act at random
             return self._random(n), carry
         obs = torch.as_tensor(step["obs"], dtype=torch.float32, device=self.device)
         N, H = self.candidates, self.horizon
@@ -150,6 +151,11 @@ class MPCAgent:
         if explore:
             first = (first + self.explore_noise * torch.randn_like(first)).clamp(-1, 1)
         return first.cpu().numpy().astype(np.float32), carry
+
+    def _fitted(self) -> bool:
+        """Planning starts once the model has been trained here, or its parameters were set from
+        outside (a checkpoint, a meta-learned initialization, a learned optimizer)."""
+        return self.updates > 0 or not torch.equal(self.model[0].weight, self._init_weight)
 
     def _random(self, n: int) -> np.ndarray:
         if self.env_spec.is_discrete:

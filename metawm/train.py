@@ -118,7 +118,8 @@ def run(cfg: DictConfig, callbacks: Sequence[Callback] = (), *, job_type: str = 
     summary = train_loop(built.meta, ctx, run_dir, schedule, header_of(cfg),
                          make_tracker_factory(cfg, run_dir, job_type=job_type, group=group,
                                               extra_config=extra_config), callbacks)
-    _plots(run_dir, cfg)
+    if cfg.get("plots", True):
+        _plots(run_dir, cfg)
     return summary, run_dir
 
 

@@ -41,8 +41,11 @@ def test_same_seed_same_metrics_and_default_run_dir_resumes(tmp_path):
     assert again.returncode == 0 and "already complete" in again.stderr
 
 
-def test_killed_run_resumes_and_continues_identically(tmp_path):
-    args = ["+task=cartpole_physics", *SMOKE, "steps=1000", "checkpoint_every=300", "eval.every=300"]
+@pytest.mark.parametrize("suite", ["cartpole_physics", "cheetah_vel", "atari_suite"])  # python, MuJoCo, ALE
+def test_killed_run_resumes_and_continues_identically(tmp_path, suite):
+    """The kill lands mid-episode: the resumed run must restore every env's exact state."""
+    args = [f"+task={suite}", *SMOKE, "steps=1000", "checkpoint_every=300", "eval.every=300",
+            "task.max_episode_steps=450"]
     ref = run_cli("metawm.train", *args, f"run_dir={tmp_path / 'ref'}")
     assert ref.returncode == 0, ref.stderr
     killed = run_cli("metawm.train", *args, f"run_dir={tmp_path / 'k'}", env={"METAWM_CRASH_AFTER_STEPS": "700"})

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from metawm.infra.errors import UserError
 
 # Keys that do not change what a run computes: they may differ between a run and its resume.
-RESUME_NEUTRAL = ("run_dir", "resume", "tracker", "progress", "device")
+RESUME_NEUTRAL = ("run_dir", "resume", "tracker", "progress", "plots", "device")
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:

@@ -150,20 +150,33 @@ class WandbSink:
             print(f"wandb: init failed ({type(e).__name__}: {first}); continuing without W&B.", file=sys.stderr)
             self.run = None
 
+    def _guard(self, what: str, fn) -> None:
+        """Run a W&B call; on failure (e.g. its service killed by a SIGTERM) warn once and stop
+        logging to W&B: tracking must never end a training run."""
+        if self.run is None:
+            return
+        try:
+            fn()
+        except Exception as e:
+            print(f"wandb: {what} failed ({type(e).__name__}: {str(e)[:200]}); continuing without W&B "
+                  "(metrics.jsonl is complete).", file=sys.stderr)
+            self.run = None
+
     def log(self, metrics: Metrics, step: int) -> None:
-        if self.run is not None:
-            self.run.log({k: _clean(v) for k, v in metrics.items() if v is not None}, step=int(step))
+        self._guard("log", lambda: self.run.log({k: _clean(v) for k, v in metrics.items() if v is not None},
+                                                step=int(step)))
 
     def summary(self, summary: Mapping[str, Any]) -> None:
-        if self.run is not None:
+        def write():
             for k, v in summary.items():
                 if isinstance(v, (int, float, str, bool)):
                     self.run.summary[k] = v
 
+        self._guard("summary", write)
+
     def close(self) -> None:
-        if self.run is not None:
-            self.run.finish()
-            self.run = None
+        self._guard("finish", lambda: self.run.finish())
+        self.run = None
 
 
 class Tee:

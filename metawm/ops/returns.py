@@ -10,21 +10,24 @@ import torch
 
 
 def lambda_returns(reward: torch.Tensor, value: torch.Tensor, discount: torch.Tensor | float,
-                   lam: float, bootstrap: torch.Tensor) -> torch.Tensor:
+                   lam: torch.Tensor | float, bootstrap: torch.Tensor) -> torch.Tensor:
     """TD(lambda) returns, computed backwards (Sutton & Barto eq. 12.3; DreamerV3 eq. 7):
 
         R_t = r_t + gamma_t * ((1 - lambda) * v_{t+1} + lambda * R_{t+1}),   R_T = bootstrap
 
     where ``reward[t]`` is the reward for the transition t -> t+1, ``value[t]`` = v_{t+1}
     (the value of the *next* state) and ``discount[t]`` = gamma_t (the discount, already
-    multiplied by the continuation flag). Shapes: reward, value, discount (T, ...), bootstrap (...).
-    Returns (T, ...).
+    multiplied by the continuation flag). ``lam`` is a float or, like ``discount``, a per-step
+    tensor lambda_t (DreamerV3's replay returns set lambda_t = 0 where an episode ends inside a
+    sequence, so the return restarts from the bootstrap there). Shapes: reward, value, discount,
+    lam (T, ...), bootstrap (...). Returns (T, ...).
     """
     discount = torch.as_tensor(discount, dtype=reward.dtype, device=reward.device).expand_as(reward)
+    lam = torch.as_tensor(lam, dtype=reward.dtype, device=reward.device).expand_as(reward)
     out = []
     last = bootstrap
     for t in reversed(range(reward.shape[0])):
-        last = reward[t] + discount[t] * ((1 - lam) * value[t] + lam * last)
+        last = reward[t] + discount[t] * ((1 - lam[t]) * value[t] + lam[t] * last)
         out.append(last)
     return torch.stack(out[::-1])
 

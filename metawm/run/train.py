@@ -122,6 +122,12 @@ def train(meta: MetaLearner, ctx: Context, run: RunDir, schedule: Schedule, head
         status, error = "diverged", str(e)
     except StopTraining as e:
         status, error = e.status, str(e)
+    except Exception as e:  # a bug or a broken environment: the run is not complete
+        status, error = "failed", f"{type(e).__name__}: {e}"
+        raise
+    except BaseException as e:  # Ctrl-C, SystemExit from a preemption handler: resumable
+        status, error = "interrupted", f"{type(e).__name__}: {e}"
+        raise
     finally:
         loop["wall_time"] = time.perf_counter() - t_start
         summary = _summary(loop, schedule, header, status, error)

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-from typing import Any, Callable, Iterable, Sequence
+import random
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from metawm.envs.rollout import run_episodes
-from metawm.infra.seeding import Seeds
+from metawm.envs.rollout import Collector, run_episodes
+from metawm.infra.errors import UserError
+from metawm.infra.seeding import Seeds, global_rng_state, set_global_rng_state
 from metawm.protocols import Agent, AgentFactory, TaskDistribution
-from metawm.types import Metrics, TaskSpec
+from metawm.types import EnvSpec, Metrics, TaskSpec
 
 
 @dataclasses.dataclass
@@ -63,11 +66,164 @@ def evaluate_agent(agent: Agent, tasks: TaskDistribution, specs: Sequence[TaskSp
     return summarize_episodes(all_eps, prefix)
 
 
+# -------------------------------------------------------------------------------------------------
+# Helpers of the meta-learners (metawm/meta/*.py): isolated randomness, fresh agents, data, params
+# -------------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def isolated_rng(seed: int) -> Iterator[None]:
+    """Run a block with the global torch / numpy / random generators seeded with ``seed`` and
+    restore them afterwards, so that a population member's randomness depends on its own seed
+    only: the same member gives the same result in-process, in another process or on another
+    node, and the outer loop's own stream is untouched (a resumed run continues exactly)."""
+    state = global_rng_state()
+    try:
+        reseed(seed)
+        yield
+    finally:
+        set_global_rng_state(state)
+
+
+def reseed(seed: int) -> None:
+    torch.manual_seed(int(seed))
+    np.random.seed(int(seed) % (1 << 32))
+    random.seed(int(seed))
+
+
+def fresh_agent(make_agent: AgentFactory, env_spec: EnvSpec, state: Mapping[str, Any] | None,
+                seed: int | None = None) -> Agent:
+    """A new agent (empty replay) holding ``state`` (an ``agent.state_dict(replay=False)``).
+    The factory seeds the global RNG for initial weights; ``seed`` re-seeds it afterwards, so a
+    member's acting is driven by its own seed, not by the init stream."""
+    agent = make_agent(env_spec)
+    if state is not None:
+        agent.load_state_dict(state)
+    if seed is not None:
+        reseed(seed)
+    return agent
+
+
+@torch.no_grad()
+def load_params(agent: Agent, params: Mapping[str, torch.Tensor]) -> None:
+    """Copy ``params`` (by name) into the agent's live parameters, e.g. adapted ones to act with."""
+    live = agent.params("all")
+    for name, value in params.items():
+        live[name].copy_(value.detach().to(live[name].device))
+
+
+def meta_params(agent: Agent, part: str) -> dict[str, torch.Tensor]:
+    """The live parameters of ``part`` (``all`` or one of ``agent.parts()``); an unknown part is a
+    UserError naming the agent's parts."""
+    if part != "all":
+        parts = agent.parts()
+        if part not in parts:
+            from metawm.infra.errors import choices_error
+
+            raise choices_error(f"parameter part (meta.part) of agent {getattr(agent, 'name', type(agent).__name__)!r}",
+                                part, [*parts, "all"])
+    return dict(agent.params(part))
+
+
+def collect(agent: Agent, tasks: TaskDistribution, spec: TaskSpec, steps: int, seed: int, *, envs: int = 1,
+            train: bool = True, explore: bool = True, clock: int = 0,
+            on_step: Callable[[int], None] | None = None) -> tuple[list[dict], list[Metrics], int]:
+    """Run ``agent`` on ``envs`` fresh environments of ``spec`` for at least ``steps`` env steps
+    (storing what it sees); with ``train`` it calls ``agent.update`` after every batch of steps,
+    with env-step counts continuing from ``clock``. Returns (finished episodes, update metrics,
+    env steps taken)."""
+    collector = Collector([tasks.make_env(spec) for _ in range(envs)], tasks.env_spec,
+                          [seed + 7919 * j for j in range(envs)])
+    episodes, updates, taken = [], [], 0
+    while taken < steps:
+        n, finished = collector.step(agent, explore=explore)
+        taken += n
+        episodes.extend(finished)
+        if train:
+            m = agent.update(clock + taken)
+            if m:
+                updates.append(m)
+        if on_step is not None:
+            on_step(taken)
+    for env in collector.envs:
+        env.close()
+    return episodes, updates, taken
+
+
+def sample_batches(agent: Agent, n: int, gen: torch.Generator | None, what: str) -> list[dict[str, torch.Tensor]]:
+    """``n`` batches from the agent's replay; a clear error if it holds too little data."""
+    out = []
+    for _ in range(n):
+        b = agent.sample_batch(gen)
+        if b is None:
+            raise UserError(f"{what}: the agent's replay holds too little data to sample a training batch "
+                            f"(agent {getattr(agent, 'name', '?')} needs more env steps before its first batch, "
+                            "e.g. its train_after / batch_size x batch_length). Raise meta.inner_steps (or the "
+                            "adaptation shots), or lower the agent's train_after.")
+        out.append(b)
+    return out
+
+
+def per_member(specs: Sequence[TaskSpec], rows: Sequence[Metrics], keys: Sequence[str] = ("return",)) -> Metrics:
+    """``member/<task id>/<key>`` for each member's metrics (keys a member lacks are skipped)."""
+    out: Metrics = {}
+    for spec, row in zip(specs, rows):
+        for k in keys:
+            if k in row and row[k] is not None:
+                out[f"member/{spec.id}/{k}"] = float(row[k])
+    return out
+
+
+def eval_episodes(agent: Agent, tasks: TaskDistribution, spec: TaskSpec, episodes: int, seed: int) -> list[dict]:
+    """Greedy episodes of ``agent`` on ``spec`` (stores nothing)."""
+    return run_episodes(agent, lambda: tasks.make_env(spec), tasks.env_spec, episodes, seed=seed, explore=False)
+
+
+def finetune_adaptation(agent: Agent, tasks: TaskDistribution, spec: TaskSpec, shots: int, *, seed: int,
+                        eval_episodes_per_shot: int, explore: bool = True) -> Iterator[Metrics]:
+    """Plain fine-tuning, the baseline adaptation: before any data (shot 0) and after each of
+    ``shots`` episodes collected on ``spec`` with the agent's own update rule (``agent.update``),
+    the greedy return of ``eval_episodes_per_shot`` episodes. Yields one metrics dict per shot:
+    ``shot``, ``return``, ``success`` (NaN where the suite has none), ``support_return``, ``env_steps``.
+    ``agent`` is changed in place."""
+    yield _shot_metrics(agent, tasks, spec, 0, seed, eval_episodes_per_shot, None, 0)
+    collector = Collector([tasks.make_env(spec)], tasks.env_spec, [seed])
+    clock = 0
+    for k in range(1, shots + 1):
+        while True:
+            n, finished = collector.step(agent, explore=explore)
+            clock += n
+            agent.update(clock)
+            if finished:
+                break
+        yield _shot_metrics(agent, tasks, spec, k, seed, eval_episodes_per_shot, finished[0]["return"], clock)
+
+
+def _shot_metrics(agent, tasks, spec, k, seed, episodes, support_return, clock) -> Metrics:
+    eps = eval_episodes(agent, tasks, spec, episodes, seed=seed + 1_000_003)
+    return shot_row(eps, k, support_return, clock)
+
+
+def shot_row(eps: Sequence[dict], k: int, support_return: float | None, clock: int) -> Metrics:
+    """The metrics of one adaptation shot from its greedy evaluation episodes; BAMDP suites
+    (``gridworld_goals``) add ``return_ep<i>``, the mean return of the i-th sub-episode."""
+    s = summarize_episodes(eps, "x")
+    row = {"shot": float(k), "return": s["x/return"], "success": s.get("x/success", math.nan),
+           "support_return": math.nan if support_return is None else float(support_return),
+           "env_steps": float(clock)}
+    subs = [e["episode_returns"] for e in eps if "episode_returns" in e]
+    if subs:
+        for i, v in enumerate(np.mean(np.asarray(subs, np.float64), 0)):
+            row[f"return_ep{i + 1}"] = float(v)
+    return row
+
+
 class MetaLearnerBase:
-    """Defaults shared by the meta-learners: zero-shot evaluation of the shared agent."""
+    """Defaults shared by the meta-learners: zero-shot evaluation of the shared agent, plain
+    fine-tuning as the few-shot adaptation."""
 
     name = "base"
     ctx: Context
+    needs_meta_state = False  # True: adapting needs this learner's own state in the checkpoint
 
     def setup(self, ctx: Context) -> None:
         self.ctx = ctx
@@ -77,6 +233,31 @@ class MetaLearnerBase:
 
     def agent(self) -> Agent:
         raise NotImplementedError
+
+    def adapt(self, agent: Agent, task: TaskSpec, shots: int, *, seed: int = 0,
+              eval_episodes_per_shot: int = 1) -> Iterator[Metrics]:
+        """Few-shot adaptation (default: plain fine-tuning of ``agent`` in place)."""
+        return finetune_adaptation(agent, self.ctx.tasks, task, shots, seed=seed,
+                                   eval_episodes_per_shot=eval_episodes_per_shot)
+
+    # -- what metawm.adapt calls (metawm/run/adapt.py) --------------------------------------------
+    def adaptation_agent(self, agent_state: Mapping[str, Any], seed: int) -> Agent:
+        """A fresh copy of the shared agent for one adaptation run (empty replay)."""
+        return fresh_agent(self.ctx.make_agent, self.ctx.tasks.env_spec, agent_state, seed)
+
+    def baseline_adaptation(self, method: str, agent_state: Mapping[str, Any], task: TaskSpec, shots: int, *,
+                            seed: int, eval_episodes_per_shot: int) -> Iterator[Metrics]:
+        """``finetune``: the checkpoint's agent trained with its own update rule; ``scratch``: a
+        freshly initialised agent trained the same way. Both on the plain task observations."""
+        state = agent_state if method == "finetune" else None
+        agent = fresh_agent(self.ctx.make_agent, self.ctx.tasks.env_spec, state, seed)
+        return finetune_adaptation(agent, self.ctx.tasks, task, shots, seed=seed,
+                                   eval_episodes_per_shot=eval_episodes_per_shot)
+
+    def load_agent_state(self, agent_state: Mapping[str, Any]) -> None:
+        """Start from a plain agent state (a checkpoint of another meta-learner); learners whose
+        adaptation needs more than the agent set ``needs_meta_state`` and refuse."""
+        self.agent().load_state_dict(agent_state)
 
     def state_dict(self, *, replay: bool = True) -> dict[str, Any]:
         return {}

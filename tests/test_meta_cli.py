@@ -1,0 +1,117 @@
+"""Tier 2-3: every meta-learner x every agent meta-trains and adapts end to end through the real
+entry points (``metawm.train`` then ``metawm.adapt`` on its checkpoint), and a killed meta-training
+run resumes with a byte-identical ``metrics.jsonl``.
+
+The runs are in-process (``main(argv)``, the same code path as ``python -m``, without paying for
+a new interpreter and torch import per run); ``tests/test_adapt_cli.py`` runs the CLI in a
+subprocess as a user does.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import read_jsonl
+
+torch.set_num_threads(1)
+
+AGENTS = ["random", "mpc", "dreamerv3", "muzero"]
+METAS = ["none", "maml", "reptile", "varibad", "learned_rule"]
+# the smallest run that still does everything once: one outer step of 2 members x 100 env steps,
+# one evaluation on one test task
+TINY = ["+exp=smoke", "tracker=disabled", "progress=false", "plots=false", "steps=200", "eval.every=200",
+        "eval.tasks=1", "eval.splits=[test]", "checkpoint_every=200"]
+AGENT_KNOBS = {"dreamerv3": ["agent.replay_ratio=2"], "muzero": ["agent.replay_ratio=0.05"]}
+
+
+def train(args, tmp: Path, name: str = "run") -> Path:
+    from metawm.train import main
+
+    run_dir = tmp / name
+    assert main([*args, f"run_dir={run_dir}"]) == 0
+    return run_dir
+
+
+def adapt(ckpt: Path, task: str, out: Path, *extra: str) -> dict:
+    from metawm.adapt import main
+
+    assert main([f"checkpoint={ckpt}", f"+task={task}", "shots=1", "seeds=1", "eval.tasks=1", "eval.episodes=1",
+                 "progress=false", "+exp=smoke", f"run_dir={out}", *extra]) == 0
+    return json.loads((out / "summary.json").read_text())
+
+
+@pytest.mark.parametrize("meta", METAS)
+@pytest.mark.parametrize("agent", AGENTS)
+def test_meta_learner_x_agent_trains_and_adapts(tmp_path, agent, meta):
+    task = "cartpole_physics"
+    run_dir = train([f"+task={task}", f"agent={agent}", f"meta={meta}", *TINY, *AGENT_KNOBS.get(agent, [])], tmp_path)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "complete" and summary["env_steps"] >= 200
+    assert (run_dir / "checkpoints" / "latest.ckpt").exists()
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    assert rows[-1]["eval/test/return"] > 0
+    if meta in ("maml", "reptile", "learned_rule"):
+        assert any(k.startswith("member/train/") for k in rows[0]), sorted(rows[0])
+    out = adapt(run_dir, task, tmp_path / "adapt")
+    assert set(out["methods"]) == {"meta", "finetune", "scratch"}
+    for method, per_shot in out["methods"].items():
+        assert [e["shot"] for e in per_shot] == [0, 1]
+        assert per_shot[1]["return"]["n"] == 1 and per_shot[1]["return"]["mean"] > 0
+    assert (tmp_path / "adapt" / "plots" / "adapt_return.png").exists()
+    assert out["checkpoint_header"]["meta"] == meta and out["meta"] == meta
+
+
+def test_varibad_on_the_bamdp_reports_sub_episode_returns(tmp_path):
+    run_dir = train(["+task=gridworld_goals", "agent=mpc", "meta=varibad", *TINY], tmp_path)
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    assert {f"eval/test/return_ep{i}" for i in range(1, 5)} <= set(rows[-1])
+    assert rows[-1]["vae/loss"] > 0 and rows[-1]["varibad/trajectories"] >= 2
+    out = adapt(run_dir, "gridworld_goals", tmp_path / "adapt")
+    assert {"return_ep1", "return_ep4"} <= set(out["methods"]["meta"][0])
+
+
+def test_rl2_style_variant_and_reptile_in_processes_run(tmp_path):
+    train(["+task=gridworld_goals", "agent=mpc", "meta=varibad", "meta.encoder=none", "meta.rl2_inputs=true", *TINY],
+          tmp_path, "rl2")
+    run_dir = train(["+task=point_nav", "agent=mpc", "meta=reptile", "meta.runner=processes", "meta.workers=2", *TINY],
+                    tmp_path, "procs")
+    inline = train(["+task=point_nav", "agent=mpc", "meta=reptile", *TINY], tmp_path, "inline")
+    assert (run_dir / "metrics.jsonl").read_bytes() == (inline / "metrics.jsonl").read_bytes()
+
+
+class Crash(BaseException):
+    pass
+
+
+@pytest.mark.parametrize("meta, extra", [
+    ("maml", ["meta.meta_sgd=true"]),
+    ("reptile", []),
+    ("varibad", ["meta.elbo_samples=8", "meta.decode_samples=16", "meta.vae_updates=2"]),
+    ("learned_rule", []),
+])
+def test_killed_meta_training_resumes_byte_identical(tmp_path, monkeypatch, meta, extra):
+    import metawm.run.train as loop
+
+    args = ["+task=point_nav", "agent=mpc", f"meta={meta}", "+exp=smoke", "tracker=disabled", "progress=false",
+            "plots=false", "steps=600", "eval.every=200", "eval.tasks=1", "checkpoint_every=200",
+            "meta.inner_steps=100", *extra]
+    ref = train(args, tmp_path, "ref")
+
+    def crash(code):
+        raise Crash()
+
+    monkeypatch.setenv("METAWM_CRASH_AFTER_STEPS", "400")
+    monkeypatch.setattr(loop.os, "_exit", crash)
+    from metawm.train import main
+
+    with pytest.raises(Crash):
+        main([*args, f"run_dir={tmp_path / 'k'}"])
+    partial = read_jsonl(tmp_path / "k" / "metrics.jsonl")
+    assert partial[-1]["step"] >= 400 and len(partial) < len(read_jsonl(ref / "metrics.jsonl"))
+    monkeypatch.delenv("METAWM_CRASH_AFTER_STEPS")
+    assert main([*args, f"run_dir={tmp_path / 'k'}"]) == 0
+    assert (tmp_path / "k" / "metrics.jsonl").read_bytes() == (ref / "metrics.jsonl").read_bytes()

@@ -1,0 +1,288 @@
+"""Numbers of the meta-learners' math, checked by hand: the Reptile update, VariBAD's ELBO terms, the
+learned optimizer's update; the population runners agree; the MPC agent's transitions; the
+meta-gradient RL step on a small agent that exposes differentiable hyperparameters."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from metawm.ops.elbo import belief_kl_terms, elbo_loss, gaussian_kl, reconstruction_terms
+from metawm.ops.learned_optimizer import RuleMLP, init_state, learned_step
+from metawm.meta.reptile import reptile_update
+
+torch.set_num_threads(1)
+
+
+def test_reptile_update_by_hand():
+    phi = {"w": torch.tensor([1.0, 2.0]), "b": torch.tensor(0.5)}
+    adapted = [{"w": torch.tensor([3.0, 2.0]), "b": torch.tensor(1.5)},
+               {"w": torch.tensor([1.0, 0.0]), "b": torch.tensor(-0.5)}]
+    new = reptile_update(phi, adapted, 0.5)
+    # mean W = [2, 1], b 0.5; phi + 0.5 (mean - phi) = [1.5, 1.5], 0.5
+    torch.testing.assert_close(new["w"], torch.tensor([1.5, 1.5]))
+    torch.testing.assert_close(new["b"], torch.tensor(0.5))
+    torch.testing.assert_close(reptile_update(phi, adapted, 1.0)["w"], torch.tensor([2.0, 1.0]))
+
+
+def test_gaussian_kl_by_hand():
+    # KL(N(1, 1) || N(0, 1)) = 0.5; KL(N(0, e^2) || N(0, 1)) = 0.5 (e^2 - 2 - 1) per dim
+    kl = gaussian_kl(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 2.0]]), torch.zeros(1, 2), torch.zeros(1, 2))
+    torch.testing.assert_close(kl, torch.tensor([0.5 + 0.5 * (math.exp(2) - 3)]))
+    # against a prior that is not standard: KL(N(0,1) || N(1, e^1)) = 0.5 (1 + (1 + 1) / e - 1)
+    kl2 = gaussian_kl(torch.zeros(1), torch.zeros(1), torch.ones(1), torch.ones(1))
+    torch.testing.assert_close(kl2, torch.tensor(0.5 * (1 + 2 / math.e - 1)))
+
+
+def test_belief_kl_terms_use_previous_posterior():
+    mu = torch.tensor([[[0.0], [1.0], [1.0]]])       # B=1, T+1=3, Z=1
+    logvar = torch.tensor([[[0.0], [0.0], [math.log(4.0)]]])
+    kl = belief_kl_terms(mu, logvar)
+    # t=0 vs N(0,1): 0; t=1 N(1,1) vs N(0,1): 0.5; t=2 N(1,4) vs N(1,1): 0.5 (0 - ln4 + 4 - 1)
+    torch.testing.assert_close(kl, torch.tensor([[0.0, 0.5, 0.5 * (3 - math.log(4.0))]]))
+
+
+def test_reconstruction_and_elbo_by_hand():
+    pred = torch.tensor([[[1.0, 2.0, 9.0], [0.0, 0.0, 0.0]]])   # B=1, E=2 beliefs, J=3
+    target = torch.tensor([[0.0, 2.0, 5.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])                      # the third transition is padding
+    rec = reconstruction_terms(pred, target, mask)
+    torch.testing.assert_close(rec, torch.tensor([[0.5, 2.0]]))  # 0.5*1 ; 0.5*(0 + 4)
+    kl = torch.tensor([[0.2, 1.0]])
+    loss = elbo_loss(rec, kl, torch.tensor([[1.0, 0.0]]), kl_weight=2.0)
+    torch.testing.assert_close(loss, torch.tensor(0.5 + 0.4))   # only the first belief exists
+    # vector targets are summed over features
+    rec_v = reconstruction_terms(torch.ones(1, 1, 2, 3), torch.zeros(1, 2, 3), torch.ones(1, 2))
+    torch.testing.assert_close(rec_v, torch.tensor([[3.0]]))
+
+
+def test_vae_loss_trains_the_belief_to_separate_tasks():
+    from metawm.meta.varibad import BeliefModel, pad_trajectories, vae_loss
+    from metawm.ops.adam import Adam
+
+    torch.manual_seed(0)
+    trajs = []
+    for goal in (1.0, -1.0):   # two tasks: constant reward +1 or -1
+        for length in (6, 4):
+            trajs.append({"obs": np.zeros((length + 1, 2), np.float32), "act": np.zeros((length, 1), np.float32),
+                          "rew": np.full(length, goal, np.float32)})
+    model = BeliefModel(2, 1, latent=2, hidden=16, embed=8, decoder_hidden=16, decode_state=False)
+    batch = pad_trajectories(trajs, "cpu")
+    assert batch["belief_mask"].sum() == 7 + 5 + 7 + 5 and batch["trans_mask"].sum() == 20
+    opt = Adam(model.parameters(), lr=1e-2)
+    first = None
+    for _ in range(300):
+        loss, m = vae_loss(model, batch, elbo_samples=None, decode_samples=None, kl_weight=0.1, rew_weight=1.0,
+                           state_weight=1.0)
+        first = first if first is not None else m["vae/rew_nll"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert m["vae/rew_nll"] < 0.5 * first  # the prior (t = 0) cannot know the task: ~0.42 is the floor
+    with torch.no_grad():
+        mu, _ = model.encode(batch["obs"], batch["act"], batch["rew"])
+    # after one reward the two tasks' beliefs differ; before any transition they are the same prior
+    torch.testing.assert_close(mu[0, 0], mu[2, 0])
+    assert (mu[0, 1] - mu[2, 1]).abs().max() > 0.1
+
+
+def test_learned_optimizer_starts_as_adam_and_applies_its_outputs():
+    rule = RuleMLP(8)
+    p = {"w": torch.tensor([1.0, -2.0, 0.5])}
+    g = {"w": torch.tensor([0.1, -0.4, 0.0])}
+    new, state = learned_step(rule, p, g, init_state(p), torch.tensor(1.0), base_lr=0.01)
+    # zero-initialised last layer: d = 0, s = 0, so the first step is Adam's, sign(g) * |g| / (|g| + eps)
+    adam = torch.tensor([1.0, -1.0, 0.0])
+    torch.testing.assert_close(new["w"], p["w"] - 0.01 * adam, atol=1e-6, rtol=0)
+    assert state["t"] == 1
+    torch.testing.assert_close(state["m"]["w"][1], 0.1 * g["w"])  # momentum at decay 0.9
+    torch.testing.assert_close(state["v"]["w"], 0.001 * g["w"] ** 2)
+    with torch.no_grad():   # d = 0.5 everywhere, log-scale ln 2: delta = -lr * 2 * (adam + 0.5)
+        rule.net[-1].bias.copy_(torch.tensor([0.5, math.log(2.0)]))
+    new2, _ = learned_step(rule, p, g, init_state(p), torch.tensor(1.0), base_lr=0.01)
+    torch.testing.assert_close(new2["w"], p["w"] - 0.01 * 2 * (adam + 0.5), atol=1e-6, rtol=0)
+    # the update is differentiable w.r.t. the rule's parameters
+    new2["w"].sum().backward()
+    assert rule.net[-1].bias.grad is not None and rule.net[-1].bias.grad.abs().sum() > 0
+
+
+def _ctx(suite="point_nav", **agent_kw):
+    from metawm.agents.mpc import MPCAgent
+    from metawm.infra.seeding import Seeds
+    from metawm.meta.base import Context
+    from metawm.tasks import load_suite
+
+    seeds = Seeds(1)
+
+    def make_agent(spec):
+        seeds.seed_globals("init")
+        return MPCAgent(spec, size="tiny", candidates=16, horizon=3, **agent_kw)
+
+    return Context(load_suite(suite), make_agent, torch.device("cpu"), seeds)
+
+
+def test_population_members_give_the_same_result_inline_and_in_processes():
+    from metawm.meta.population import InlineRunner, MemberJob, ProcessRunner, World, train_member
+
+    ctx = _ctx()
+    world = World(ctx.tasks, ctx.make_agent)
+    state = ctx.make_agent(ctx.tasks.env_spec).state_dict()
+    specs = ctx.tasks.sample("train", 2, np.random.default_rng(0))
+    jobs = [MemberJob(s, state, 80, seed=11 + k) for k, s in enumerate(specs)]
+    a = InlineRunner().map(train_member, jobs, world)
+    b = ProcessRunner(2).map(train_member, jobs, world)
+    for x, y in zip(a, b):
+        assert x.env_steps == y.env_steps == 80 and x.task == y.task
+        for n in x.params:
+            torch.testing.assert_close(x.params[n], y.params[n], atol=0, rtol=0)
+    assert any((a[0].params[n] - a[1].params[n]).abs().max() > 0 for n in a[0].params)  # members differ
+
+
+def test_mpc_agent_pairs_steps_into_transitions():
+    from metawm.agents.mpc import MPCAgent
+    from metawm.tasks import load_suite
+
+    spec = load_suite("gridworld_goals").env_spec
+    agent = MPCAgent(spec, size="tiny", train_after=1)
+    def step(obs, r, first, last, a):
+        return {"obs": np.array([obs], np.float32), "reward": np.array([r], np.float32), "is_first": np.array([first]),
+                "is_last": np.array([last]), "is_terminal": np.array([False]), "action": np.array([a])}
+    agent.observe(step([0, 0, 0], 0.0, True, False, 1))
+    agent.observe(step([0, 1, 0.1], -0.1, False, True, 3))   # last: its action is ignored
+    agent.observe(step([0, 0, 0], 0.0, True, False, 2))      # a new episode: no transition across
+    assert agent.size_ == 1
+    b = agent.sample_batch(torch.Generator().manual_seed(0))
+    torch.testing.assert_close(b["obs"][0], torch.tensor([0.0, 0.0, 0.0]))
+    torch.testing.assert_close(b["next_obs"][0], torch.tensor([0.0, 1.0, 0.1]))
+    assert float(b["action"][0]) == 1 and float(b["reward"][0]) == pytest.approx(-0.1)
+
+
+class HparamAgent:
+    """A tiny actor-critic whose loss is differentiable in discount, lambda and the entropy scale
+    (the hook meta-gradient RL needs). Two-step windows: lambda-return target, REINFORCE + entropy."""
+
+    name = "hparam_fake"
+
+    def __init__(self, env_spec, device="cpu", **_):
+        from torch import nn
+
+        self.env_spec = env_spec
+        d, n = int(env_spec.obs_space.shape[0]), env_spec.num_actions
+        self.net = nn.Linear(d, n + 1)
+        self.h = {"discount": 0.9, "lam": 0.5, "actent": 0.1}
+        self.data = []
+        self.opt = torch.optim.SGD(self.net.parameters(), lr=0.05)
+
+    def initial_carry(self, n):
+        return None
+
+    @torch.no_grad()
+    def act(self, step, carry, *, explore):
+        logits = self.net(torch.as_tensor(step["obs"]))[:, :-1]
+        return torch.distributions.Categorical(logits=logits).sample().numpy(), None
+
+    def observe(self, step):
+        self.data.append({k: np.asarray(step[k]).copy() for k in ("obs", "action", "reward")})
+
+    def sample_batch(self, rng=None):
+        if len(self.data) < 4:
+            return None
+        i = torch.randint(len(self.data) - 2, (8,), generator=rng).numpy()
+        f = lambda k, o: torch.as_tensor(np.stack([self.data[j + o][k][0] for j in i])).float()  # noqa: E731
+        return {"s0": f("obs", 0), "a": f("action", 0).long(), "r1": f("reward", 1), "s1": f("obs", 1),
+                "r2": f("reward", 2), "s2": f("obs", 2)}
+
+    def loss(self, params, batch, hparams=None):
+        h = {k: torch.as_tensor(v) for k, v in {**self.h, **(hparams or {})}.items()}
+        out = lambda s: torch.func.functional_call(self.net, dict(params), (s,), strict=False)  # noqa: E731
+        o0, o1, o2 = out(batch["s0"]), out(batch["s1"]), out(batch["s2"])
+        v1, v2 = o1[:, -1].detach(), o2[:, -1].detach()
+        target = batch["r1"] + h["discount"] * ((1 - h["lam"]) * v1 + h["lam"] * (batch["r2"] + h["discount"] * v2))
+        adv = target - o0[:, -1].detach()
+        logp = torch.log_softmax(o0[:, :-1], -1)
+        pg = -(logp.gather(1, batch["a"][:, None])[:, 0] * adv).mean()
+        ent = -(logp.exp() * logp).sum(-1).mean()
+        return pg - h["actent"] * ent + ((o0[:, -1] - target) ** 2).mean(), {}
+
+    def update(self, env_steps):
+        b = self.sample_batch()
+        if b is None:
+            return {}
+        self.opt.zero_grad()
+        self.loss(dict(self.net.named_parameters()), b)[0].backward()
+        self.opt.step()
+        return {}
+
+    def hparams(self):
+        return dict(self.h)
+
+    def set_hparams(self, h):
+        self.h.update(h)
+
+    def parts(self):
+        return {"all": [n for n, _ in self.net.named_parameters()]}
+
+    def params(self, part="all"):
+        return dict(self.net.named_parameters())
+
+    def state_dict(self, *, replay=False):
+        return {"agent": self.name, "net": {k: v.clone() for k, v in self.net.state_dict().items()}, "h": dict(self.h)}
+
+    def load_state_dict(self, state):
+        self.net.load_state_dict(state["net"])
+        self.h = dict(state["h"])
+
+
+def test_meta_gradient_rl_step():
+    """Xu et al. eq. 1-4 on a small agent: the learner's gradient w.r.t. the (unconstrained)
+    hyperparameters equals an independent autograd computation of d J'(theta - alpha grad L(theta; eta); eta_bar) / d eta,
+    and, for the entropy scale (whose path has no stop-gradient), central finite differences."""
+    from metawm.infra.seeding import Seeds
+    from metawm.meta.base import Context
+    from metawm.meta.learned_rule import HPARAM_TRANSFORMS, LearnedRule
+    from metawm.ops.functional_sgd import grads_of
+    from metawm.tasks import load_suite
+
+    torch.manual_seed(0)
+    ctx = Context(load_suite("gridworld_goals"), lambda spec: HparamAgent(spec), torch.device("cpu"), Seeds(0))
+    learner = LearnedRule(rule="meta_gradient", population=1, inner_steps=30, meta_every=10, meta_lr=0.01,
+                          inner_lr=0.5, meta_grad_clip=1e9)
+    learner.setup(ctx)
+    row = learner.outer_step(0)
+    assert row["env_steps"] == 30 and "rule/meta_objective" in row
+    moved = learner.hparams()
+    assert any(abs(moved[k] - v) > 1e-6 for k, v in learner.reference.items())
+
+    agent = learner.members[0]
+    agent.net.double()
+    theta0 = {n: p.detach().clone() for n, p in agent.params().items()}
+    gen = torch.Generator().manual_seed(5)
+    b1, b2 = agent.sample_batch(gen), agent.sample_batch(gen)
+    b1, b2 = ({k: (v.double() if v.is_floating_point() else v) for k, v in b.items()} for b in (b1, b2))
+
+    def objective(raw):
+        theta = {n: v.clone().requires_grad_(True) for n, v in theta0.items()}
+        eta = {k: HPARAM_TRANSFORMS[k][0](x) for k, x in raw.items()}
+        g = grads_of(agent.loss(theta, b1, hparams=eta)[0], theta, create_graph=True)
+        adapted = {n: theta[n] - 0.5 * g[n] for n in theta}
+        ref = {k: torch.tensor(v, dtype=torch.float64) for k, v in learner.reference.items()}
+        return agent.loss(adapted, b2, hparams=ref)[0]
+
+    raw = {k: v.detach().double().requires_grad_(True) for k, v in learner.raw.items()}
+    expected = dict(zip(raw, torch.autograd.grad(objective(raw), list(raw.values()))))
+
+    batches = iter([b1, b2])
+    agent.sample_batch = lambda gen=None: next(batches)
+    learner.raw = raw
+    learner.opt.step = lambda: None          # keep the gradient for inspection
+    learner._meta_gradient_step(agent, gen)
+    for k in raw:
+        torch.testing.assert_close(raw[k].grad, expected[k], atol=1e-8, rtol=1e-5)  # the learner keeps eta_bar in float32
+    e = 1e-6
+    up = {k: v.detach() + (e if k == "actent" else 0) for k, v in raw.items()}
+    dn = {k: v.detach() - (e if k == "actent" else 0) for k, v in raw.items()}
+    fd = (objective(up) - objective(dn)) / (2 * e)
+    assert float(expected["actent"]) == pytest.approx(float(fd), rel=1e-5, abs=1e-9)

@@ -19,7 +19,7 @@ from conftest import read_jsonl
 
 torch.set_num_threads(1)
 
-AGENTS = ["random", "mpc", "dreamerv3", "muzero"]
+AGENTS = ["random", "mpc", "dreamerv3", "muzero", "dreamer4"]
 METAS = ["none", "maml", "reptile", "varibad", "learned_rule"]
 # the smallest run that still does everything once: one outer step of 2 members x 100 env steps,
 # one evaluation on one test task

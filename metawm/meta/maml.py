@@ -43,6 +43,8 @@ agent (EMA targets, normalizers) is read by the loss but not meta-learned; it st
 
 from __future__ import annotations
 
+import contextlib
+
 import math
 from typing import Any, Iterator
 
@@ -127,18 +129,19 @@ class MAML(MetaLearnerBase):
         self.opt.zero_grad(set_to_none=True)
         members = [self._member_data(iteration, k, spec, state) for k, spec in enumerate(specs)]
         use_vmap = self.vmap and self._vmap_failed is None
-        if use_vmap:
-            try:
-                rows = self._meta_grad_vmapped(members, iteration)
-            except Exception as e:  # a loss torch.func cannot transform: say so once, then loop
-                self._vmap_failed = f"{type(e).__name__}: {str(e)[:200]}"
-                import sys
-                print(f"maml: vmap over tasks failed ({self._vmap_failed}); looping over members instead.",
-                      file=sys.stderr)
-                self.opt.zero_grad(set_to_none=True)
-                use_vmap = False
-        if not use_vmap:
-            rows = [self._meta_grad_member(m, iteration, k) for k, m in enumerate(members)]
+        with contextlib.nullcontext() if self.first_order else double_backward_kernels():
+            if use_vmap:
+                try:
+                    rows = self._meta_grad_vmapped(members, iteration)
+                except Exception as e:  # a loss torch.func cannot transform: say so once, then loop
+                    self._vmap_failed = f"{type(e).__name__}: {str(e)[:200]}"
+                    import sys
+                    print(f"maml: vmap over tasks failed ({self._vmap_failed}); looping over members instead.",
+                          file=sys.stderr)
+                    self.opt.zero_grad(set_to_none=True)
+                    use_vmap = False
+            if not use_vmap:
+                rows = [self._meta_grad_member(m, iteration, k) for k, m in enumerate(members)]
         params = list(self.theta.values()) + (list(self.lrs.values()) if self.lrs else [])
         grads = [p.grad for p in params if p.grad is not None]
         gnorm = torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])) if grads else torch.zeros(())
@@ -288,6 +291,16 @@ class MAML(MetaLearnerBase):
                     a.copy_(state["lrs"][n])
         if self.opt is not None and state.get("opt") is not None:
             self.opt.load_state_dict(state["opt"])
+
+
+def double_backward_kernels():
+    """Second-order meta-gradients differentiate the inner gradient again, and PyTorch's fused
+    attention kernels (flash / memory-efficient ``scaled_dot_product_attention``) have no double
+    backward; the math kernel does. So the second-order graph of an attention-based agent
+    (Dreamer 4) is built with the math kernel; other agents are unaffected."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.MATH])
 
 
 def _ep_row(episodes: list[dict], query_episodes: list[dict] | None = None) -> Metrics:

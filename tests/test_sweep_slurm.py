@@ -21,8 +21,15 @@ _why = launch.slurm_reachable()
 pytestmark = [pytest.mark.slurm, pytest.mark.skipif(_why is not None, reason=f"no SLURM reachable ({_why}); start "
                                                     "it with: eval \"$(bash slurm/start_local.sh)\"")]
 
-# Trials long enough (~10 s of env steps) to be caught mid-run, checkpointed every 1000 env steps.
+# Trials long enough to be caught mid-run, checkpointed every 1000 env steps. A tiny random-agent
+# config runs 24000 steps in ~3 s on a quiet machine, so each outer step (~50 env steps) also sleeps
+# 20 ms (the train loop's METAWM_SLOW_OUTER_STEP_S test hook): >= 10 s a trial on any machine.
 LONG = ["steps=24000", "eval.every=4000", "checkpoint_every=1000"]
+
+
+@pytest.fixture(autouse=True)
+def _slow_trials(monkeypatch):
+    monkeypatch.setenv("METAWM_SLOW_OUTER_STEP_S", "0.02")  # sbatch passes it on to the array tasks
 SLURM = ["launcher=slurm", "cluster=local", "launcher.poll_s=1", "pruner=none"]
 
 

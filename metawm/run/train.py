@@ -147,6 +147,11 @@ def _maybe_crash(env_steps: int) -> None:
     limit = os.environ.get("METAWM_CRASH_AFTER_STEPS")
     if limit and env_steps >= int(limit):
         os._exit(137)
+    # ``METAWM_SLOW_OUTER_STEP_S=S`` sleeps S seconds per outer step: the SLURM tests must catch a
+    # trial mid-run (preempt it, cancel it) however fast the machine runs a tiny config.
+    slow = os.environ.get("METAWM_SLOW_OUTER_STEP_S")
+    if slow:
+        time.sleep(float(slow))
 
 
 def _jsonl_offset(tracker: Any) -> int | None:

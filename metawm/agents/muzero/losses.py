@@ -75,7 +75,7 @@ def muzero_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], *,
         cos = F.cosine_similarity(out["proj_pred"], out["proj_target"].detach(), dim=-1)
         c_loss = -cos * batch["consistency_mask"]
         per_sample = per_sample + (step_scale[1:] * consistency_weight * c_loss).sum(1)
-        metrics["model/consistency_loss"] = float(c_loss.sum(1).mean())
+        metrics["model/consistency_loss"] = float(c_loss.detach().sum(1).mean())
     loss = (per_sample * batch["weight"]).mean()
 
     with torch.no_grad():

@@ -273,6 +273,9 @@ class MAML(MetaLearnerBase):
             row = _shot_metrics(agent, tasks, task, k, seed, eval_episodes_per_shot, finished[0]["return"], clock)
             yield {**row, "adapted": adapted}
 
+    def agent_clock(self) -> int:
+        return 0  # the shared agent never runs its own update(): its replay-ratio clock has not started
+
     # -- persistence -----------------------------------------------------------------------------
     def state_dict(self, *, replay: bool = True) -> dict[str, Any]:
         return {"agent": self._agent.state_dict(replay=False), "env_steps": self.env_steps,

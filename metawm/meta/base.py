@@ -230,8 +230,28 @@ class MetaLearnerBase:
     def setup(self, ctx: Context) -> None:
         self.ctx = ctx
 
+    eval_shots = 0  # > 0: evaluate after the learner's own adaptation from that many episodes
+
     def evaluate(self, specs: Sequence[TaskSpec], episodes: int, seed: int, prefix: str) -> Metrics:
-        return evaluate_agent(self.agent(), self.ctx.tasks, specs, episodes, seed, prefix)
+        """Zero-shot greedy return of the shared agent; with ``eval_shots`` = K > 0 the return after
+        the learner's own K-shot adaptation to each task (what MAML/Reptile/learned rules optimise),
+        reported as ``<prefix>/return`` (and ``<prefix>/return@0`` for the zero-shot value)."""
+        if self.eval_shots <= 0:
+            return evaluate_agent(self.agent(), self.ctx.tasks, specs, episodes, seed, prefix)
+        state = self.agent().state_dict(replay=False)
+        rows = []
+        for k, spec in enumerate(specs):
+            s = seed + 104729 * k
+            with isolated_rng(s):
+                rows.append(list(self.adapt(self.adaptation_agent(state, s), spec, self.eval_shots, seed=s,
+                                            eval_episodes_per_shot=episodes)))
+        out = {f"{prefix}/return": float(np.mean([r[-1]["return"] for r in rows])),
+               f"{prefix}/return@0": float(np.mean([r[0]["return"] for r in rows])),
+               f"{prefix}/episodes": float(len(specs) * episodes)}
+        success = [r[-1]["success"] for r in rows if not math.isnan(r[-1]["success"])]
+        if success:
+            out[f"{prefix}/success"] = float(np.mean(success))
+        return out
 
     def agent(self) -> Agent:
         raise NotImplementedError

@@ -73,7 +73,8 @@ class LearnedRule(MetaLearnerBase):
     def __init__(self, rule: str = "learned_optimizer", population: int = 4, inner_steps: int = 1000,
                  part: str = "all", updates_per_step: float = 0.5, unroll: int = 8, base_lr: float = 1e-3,
                  hidden: int = 32, second_order: bool = False, meta_lr: float = 1e-3, meta_grad_clip: float = 1.0,
-                 meta_every: int = 50, inner_lr: float = 1e-2, envs_per_task: int = 1):
+                 meta_every: int = 50, inner_lr: float = 1e-2, envs_per_task: int = 1, eval_shots: int = 0):
+        self.eval_shots = int(eval_shots)
         if rule not in RULES:
             raise choices_error("learned rule (meta.rule)", rule, RULES)
         self.rule_name = rule

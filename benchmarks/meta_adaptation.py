@@ -45,7 +45,7 @@ COMMON = ["tracker=disabled", "progress=false", "plots=false", "eval.tasks=3", "
 LEARNERS = {
     "none": ["meta=none", "meta.population=4", "meta.inner_steps=400"],
     "maml": ["meta=maml", "meta.population=4", "meta.inner_steps=100", "meta.query=support", "meta.grad_steps=5",
-             "meta.inner_lr=0.05", "meta.meta_sgd=true", "meta.meta_lr=0.001"],
+             "meta.inner_lr=0.02", "meta.meta_sgd=true", "meta.meta_lr=0.001", "meta.grad_clip=10"],
     "reptile": ["meta=reptile", "meta.population=4", "meta.inner_steps=200", "meta.meta_lr=0.5"],
     "varibad": ["meta=varibad", "meta.population=4", "meta.inner_steps=400", "meta.decode_state=false",
                 "meta.vae_updates=8"],

@@ -26,6 +26,7 @@ METAS = ["none", "maml", "reptile", "varibad", "learned_rule"]
 TINY = ["+exp=smoke", "tracker=disabled", "progress=false", "plots=false", "steps=200", "eval.every=200",
         "eval.tasks=1", "eval.splits=[test]", "checkpoint_every=200"]
 AGENT_KNOBS = {"dreamerv3": ["agent.replay_ratio=2"], "muzero": ["agent.replay_ratio=0.05"]}
+META_KNOBS = {"learned_rule": ["meta.updates_per_step=0.1", "meta.unroll=2"]}
 
 
 def train(args, tmp: Path, name: str = "run") -> Path:
@@ -48,7 +49,8 @@ def adapt(ckpt: Path, task: str, out: Path, *extra: str) -> dict:
 @pytest.mark.parametrize("agent", AGENTS)
 def test_meta_learner_x_agent_trains_and_adapts(tmp_path, agent, meta):
     task = "cartpole_physics"
-    run_dir = train([f"+task={task}", f"agent={agent}", f"meta={meta}", *TINY, *AGENT_KNOBS.get(agent, [])], tmp_path)
+    run_dir = train([f"+task={task}", f"agent={agent}", f"meta={meta}", *TINY, *AGENT_KNOBS.get(agent, []),
+                     *META_KNOBS.get(meta, [])], tmp_path)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "complete" and summary["env_steps"] >= 200
     assert (run_dir / "checkpoints" / "latest.ckpt").exists()

@@ -51,11 +51,12 @@ def meta_grads(**kw):
 
 def higher_loss(fmodel, batch, act_dim, obs_dim):
     """The MPC agent's model loss written again against higher's functional module."""
-    x = torch.cat([batch["obs"], F.one_hot(batch["action"].long(), act_dim).float()
+    symlog = lambda v: torch.sign(v) * torch.log1p(v.abs())  # noqa: E731
+    x = torch.cat([symlog(batch["obs"]), F.one_hot(batch["action"].long(), act_dim).float()
                    if batch["action"].dim() == 1 else batch["action"]], -1)
     out = fmodel(x)
     delta, rew, term = out[:, :obs_dim], out[:, obs_dim], out[:, obs_dim + 1]
-    return (((delta - (batch["next_obs"] - batch["obs"])) ** 2).sum(-1).mean() + ((rew - batch["reward"]) ** 2).mean()
+    return (((delta - (batch["next_obs"] - batch["obs"])) ** 2).sum(-1).mean() + ((rew - symlog(batch["reward"])) ** 2).mean()
             + F.binary_cross_entropy_with_logits(term, batch["terminal"]))
 
 

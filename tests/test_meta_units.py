@@ -286,3 +286,35 @@ def test_meta_gradient_rl_step():
     dn = {k: v.detach() - (e if k == "actent" else 0) for k, v in raw.items()}
     fd = (objective(up) - objective(dn)) / (2 * e)
     assert float(expected["actent"]) == pytest.approx(float(fd), rel=1e-5, abs=1e-9)
+
+
+def test_varibad_refuses_image_suites_and_sizes_the_augmented_observation():
+    import gymnasium as gym
+
+    from metawm.infra.errors import UserError
+    from metawm.meta.varibad import augmented_spec
+    from metawm.types import EnvSpec
+
+    image = EnvSpec(gym.spaces.Box(0, 255, (64, 64, 3), np.uint8), gym.spaces.Discrete(18))
+    with pytest.raises(UserError, match="Image suites are not supported by VariBAD"):
+        augmented_spec(image, 5, "vae", False)
+    vec = EnvSpec(gym.spaces.Box(-1, 1, (3,), np.float32), gym.spaces.Discrete(5))
+    assert augmented_spec(vec, 5, "vae", False).obs_space.shape == (3 + 10,)
+    assert augmented_spec(vec, 5, "none", True).obs_space.shape == (3 + 5 + 1,)
+
+
+def test_maml_out_of_memory_names_the_options_that_avoid_it(monkeypatch):
+    from metawm.infra.errors import UserError
+    from metawm.meta.maml import MAML
+
+    maml = MAML(population=1, inner_steps=60, query="support")
+    maml.setup(_ctx())
+    spec = maml.ctx.tasks.sample("train", 1, np.random.default_rng(0))[0]
+    member = maml._member_data(0, 0, spec, maml.agent().state_dict())
+
+    def oom(*a, **k):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    monkeypatch.setattr(member["agent"], "loss", oom)
+    with pytest.raises(UserError, match=r"meta.checkpoint_inner=true .* meta.first_order=true"):
+        maml._meta_grad_member(member, 0, 0)

@@ -15,7 +15,9 @@ and MuZero need hours for the same evidence. It conforms to :class:`metawm.proto
 one parameter part is ``world_model`` (the whole network) and its loss is a pure function of the
 parameters (``torch.func`` can vmap and grad it; metrics are reported by ``update``).
 
-Vector observations only (an image suite is refused with a clear error). Planned returns are
+Inputs are symlog-squashed and rewards are predicted in symlog space (Hafner et al., DreamerV3), so
+that losses stay O(1) when the agent wanders far or rewards are large - which keeps the functional
+SGD steps of MAML stable. Vector observations only (an image suite is refused with a clear error). Planned returns are
 sum_h gamma^h * alive_h * r_h with alive_h the predicted probability of not having terminated.
 Exploration: with ``explore`` a random action with probability ``explore_eps`` (discrete) or
 Gaussian noise of scale ``explore_noise`` (continuous); uniformly random actions while the model
@@ -35,6 +37,7 @@ from torch import nn
 
 from metawm.infra.errors import UserError, choices_error
 from metawm.ops.adam import Adam
+from metawm.ops.symlog import symexp, symlog
 from metawm.types import EnvSpec, Metrics, Step
 
 
@@ -100,14 +103,15 @@ class MPCAgent:
         return action.float()
 
     def _predict(self, params: Mapping[str, torch.Tensor] | None, obs: torch.Tensor, action: torch.Tensor):
-        x = torch.cat([obs, self._action_vec(action)], -1)
+        """(observation change, symlog reward, termination logit) for a batch of (obs, action)."""
+        x = torch.cat([symlog(obs), self._action_vec(action)], -1)
         out = self.model(x) if params is None else torch.func.functional_call(self.model, dict(params), (x,), strict=False)
         return out[..., :self.obs_dim], out[..., self.obs_dim], out[..., self.obs_dim + 1]
 
     def _terms(self, params, batch) -> dict[str, torch.Tensor]:
         delta, reward, term_logit = self._predict(params, batch["obs"], batch["action"])
         return {"dyn": ((delta - (batch["next_obs"] - batch["obs"])) ** 2).sum(-1).mean(),
-                "rew": ((reward - batch["reward"]) ** 2).mean(),
+                "rew": ((reward - symlog(batch["reward"])) ** 2).mean(),
                 "term": F.binary_cross_entropy_with_logits(term_logit, batch["terminal"])}
 
     def loss(self, params: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, Metrics]:
@@ -138,7 +142,7 @@ class MPCAgent:
         alive = torch.ones(n * N, device=self.device)
         for h in range(H):
             delta, r, term = self._predict(None, s, flat[:, h])
-            ret = ret + (self.discount ** h) * alive * r
+            ret = ret + (self.discount ** h) * alive * symexp(r)
             alive = alive * (1 - torch.sigmoid(term))
             s = s + delta
         best = ret.reshape(n, N).argmax(-1)

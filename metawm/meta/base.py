@@ -179,23 +179,25 @@ def eval_episodes(agent: Agent, tasks: TaskDistribution, spec: TaskSpec, episode
 
 
 def finetune_adaptation(agent: Agent, tasks: TaskDistribution, spec: TaskSpec, shots: int, *, seed: int,
-                        eval_episodes_per_shot: int, explore: bool = True) -> Iterator[Metrics]:
+                        eval_episodes_per_shot: int, explore: bool = True, clock: int = 0) -> Iterator[Metrics]:
     """Plain fine-tuning, the baseline adaptation: before any data (shot 0) and after each of
     ``shots`` episodes collected on ``spec`` with the agent's own update rule (``agent.update``),
     the greedy return of ``eval_episodes_per_shot`` episodes. Yields one metrics dict per shot:
     ``shot``, ``return``, ``success`` (NaN where the suite has none), ``support_return``, ``env_steps``.
-    ``agent`` is changed in place."""
+    ``agent`` is changed in place. ``clock`` is the env-step count at which the agent's update()
+    clock stands (a pretrained agent's replay-ratio counters continue from it; see
+    :meth:`MetaLearnerBase.agent_clock`); reported ``env_steps`` count from 0."""
     yield _shot_metrics(agent, tasks, spec, 0, seed, eval_episodes_per_shot, None, 0)
     collector = Collector([tasks.make_env(spec)], tasks.env_spec, [seed])
-    clock = 0
+    taken = 0
     for k in range(1, shots + 1):
         while True:
             n, finished = collector.step(agent, explore=explore)
-            clock += n
-            agent.update(clock)
+            taken += n
+            agent.update(clock + taken)
             if finished:
                 break
-        yield _shot_metrics(agent, tasks, spec, k, seed, eval_episodes_per_shot, finished[0]["return"], clock)
+        yield _shot_metrics(agent, tasks, spec, k, seed, eval_episodes_per_shot, finished[0]["return"], taken)
 
 
 def _shot_metrics(agent, tasks, spec, k, seed, episodes, support_return, clock) -> Metrics:
@@ -228,8 +230,28 @@ class MetaLearnerBase:
     def setup(self, ctx: Context) -> None:
         self.ctx = ctx
 
+    eval_shots = 0  # > 0: evaluate after the learner's own adaptation from that many episodes
+
     def evaluate(self, specs: Sequence[TaskSpec], episodes: int, seed: int, prefix: str) -> Metrics:
-        return evaluate_agent(self.agent(), self.ctx.tasks, specs, episodes, seed, prefix)
+        """Zero-shot greedy return of the shared agent; with ``eval_shots`` = K > 0 the return after
+        the learner's own K-shot adaptation to each task (what MAML/Reptile/learned rules optimise),
+        reported as ``<prefix>/return`` (and ``<prefix>/return@0`` for the zero-shot value)."""
+        if self.eval_shots <= 0:
+            return evaluate_agent(self.agent(), self.ctx.tasks, specs, episodes, seed, prefix)
+        state = self.agent().state_dict(replay=False)
+        rows = []
+        for k, spec in enumerate(specs):
+            s = seed + 104729 * k
+            with isolated_rng(s):
+                rows.append(list(self.adapt(self.adaptation_agent(state, s), spec, self.eval_shots, seed=s,
+                                            eval_episodes_per_shot=episodes)))
+        out = {f"{prefix}/return": float(np.mean([r[-1]["return"] for r in rows])),
+               f"{prefix}/return@0": float(np.mean([r[0]["return"] for r in rows])),
+               f"{prefix}/episodes": float(len(specs) * episodes)}
+        success = [r[-1]["success"] for r in rows if not math.isnan(r[-1]["success"])]
+        if success:
+            out[f"{prefix}/success"] = float(np.mean(success))
+        return out
 
     def agent(self) -> Agent:
         raise NotImplementedError
@@ -238,7 +260,14 @@ class MetaLearnerBase:
               eval_episodes_per_shot: int = 1) -> Iterator[Metrics]:
         """Few-shot adaptation (default: plain fine-tuning of ``agent`` in place)."""
         return finetune_adaptation(agent, self.ctx.tasks, task, shots, seed=seed,
-                                   eval_episodes_per_shot=eval_episodes_per_shot)
+                                   eval_episodes_per_shot=eval_episodes_per_shot, clock=self.agent_clock())
+
+    def agent_clock(self) -> int:
+        """The env-step count the shared agent's ``update()`` clock stands at: agents keep replay-ratio
+        counters (updates due = ratio x (env steps - start) - updates done), so fine-tuning a
+        checkpoint's agent must continue its clock, not restart it at 0 (which would hold back every
+        update until the old count is reached). Learners that pass another clock override this."""
+        return int(getattr(self, "clock", getattr(self, "env_steps", 0)))
 
     # -- what metawm.adapt calls (metawm/run/adapt.py) --------------------------------------------
     def adaptation_agent(self, agent_state: Mapping[str, Any], seed: int) -> Agent:
@@ -252,7 +281,8 @@ class MetaLearnerBase:
         state = agent_state if method == "finetune" else None
         agent = fresh_agent(self.ctx.make_agent, self.ctx.tasks.env_spec, state, seed)
         return finetune_adaptation(agent, self.ctx.tasks, task, shots, seed=seed,
-                                   eval_episodes_per_shot=eval_episodes_per_shot)
+                                   eval_episodes_per_shot=eval_episodes_per_shot,
+                                   clock=self.agent_clock() if method == "finetune" else 0)
 
     def load_agent_state(self, agent_state: Mapping[str, Any]) -> None:
         """Start from a plain agent state (a checkpoint of another meta-learner); learners whose

@@ -73,7 +73,8 @@ class LearnedRule(MetaLearnerBase):
     def __init__(self, rule: str = "learned_optimizer", population: int = 4, inner_steps: int = 1000,
                  part: str = "all", updates_per_step: float = 0.5, unroll: int = 8, base_lr: float = 1e-3,
                  hidden: int = 32, second_order: bool = False, meta_lr: float = 1e-3, meta_grad_clip: float = 1.0,
-                 meta_every: int = 50, inner_lr: float = 1e-2, envs_per_task: int = 1):
+                 meta_every: int = 50, inner_lr: float = 1e-2, envs_per_task: int = 1, eval_shots: int = 0):
+        self.eval_shots = int(eval_shots)
         if rule not in RULES:
             raise choices_error("learned rule (meta.rule)", rule, RULES)
         self.rule_name = rule
@@ -83,6 +84,7 @@ class LearnedRule(MetaLearnerBase):
         self.meta_lr, self.meta_grad_clip = float(meta_lr), float(meta_grad_clip)
         self.meta_every, self.inner_lr, self.envs_per_task = int(meta_every), float(inner_lr), int(envs_per_task)
         self.env_steps = 0
+        self.member_clock = 0  # meta_gradient: env steps each persistent member has trained for
 
     def setup(self, ctx: Context) -> None:
         super().setup(ctx)
@@ -180,7 +182,7 @@ class LearnedRule(MetaLearnerBase):
                     s, fin = collector.step(agent, explore=True)
                     n, since = n + s, since + s
                     eps += fin
-                    agent.update(self.env_steps + taken + n)
+                    agent.update(self.member_clock + n)
                     if since >= self.meta_every:
                         since = 0
                         m = self._meta_gradient_step(agent, gen)
@@ -190,6 +192,7 @@ class LearnedRule(MetaLearnerBase):
             taken += n
             rows.append({k2.split("/", 1)[1]: v for k2, v in summarize_episodes(eps, "x").items()})
         self.env_steps += taken
+        self.member_clock += self.inner_steps
         self._agent.load_state_dict(self.members[0].state_dict(replay=False))
         out = {**{f"train/{k}": v for k, v in mean_metrics(rows).items() if k in ("return", "length", "success")},
                **per_member(specs, rows), **mean_metrics(metas), "env_steps": float(taken)}
@@ -213,6 +216,11 @@ class LearnedRule(MetaLearnerBase):
             x.grad = torch.zeros_like(x) if gx is None else gx.clamp(-self.meta_grad_clip, self.meta_grad_clip)
         self.opt.step()
         return {"rule/meta_objective": float(meta_obj.detach()), "rule/inner_loss": float(loss.detach())}
+
+    def agent_clock(self) -> int:
+        # learned_optimizer: the shown agent was trained by the rule, never by its own update();
+        # meta_gradient: it is member 0, whose own update() clock is member_clock
+        return self.member_clock if self.rule_name == "meta_gradient" else 0
 
     # -- adaptation: a fresh agent trained with the learned rule ------------------------------------
     def adaptation_agent(self, agent_state: Mapping[str, Any], seed: int) -> Agent:
@@ -242,6 +250,7 @@ class LearnedRule(MetaLearnerBase):
     # -- persistence -----------------------------------------------------------------------------
     def state_dict(self, *, replay: bool = True) -> dict[str, Any]:
         out = {"agent": self._agent.state_dict(replay=False), "rule": self.rule_name, "env_steps": self.env_steps,
+               "member_clock": self.member_clock,
                "opt": self.opt.state_dict(), "init": self._init_state}
         if self.rule_name == "learned_optimizer":
             out["rule_params"] = {k: v.detach().clone() for k, v in self.rule.state_dict().items()}
@@ -256,6 +265,7 @@ class LearnedRule(MetaLearnerBase):
                             f"pass meta.rule={state.get('rule')}.")
         self._agent.load_state_dict(state["agent"])
         self.env_steps = int(state["env_steps"])
+        self.member_clock = int(state.get("member_clock", 0))
         self._init_state = state["init"]
         if self.rule_name == "learned_optimizer":
             self.rule.load_state_dict(state["rule_params"])

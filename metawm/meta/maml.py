@@ -70,7 +70,9 @@ class MAML(MetaLearnerBase):
     def __init__(self, population: int = 4, inner_steps: int = 1000, query_steps: int | None = None,
                  grad_steps: int = 1, inner_lr: float = 0.01, meta_lr: float = 1e-3, part: str = "all",
                  first_order: bool = False, meta_sgd: bool = False, checkpoint_inner: bool = False,
-                 vmap: bool = False, query: str = "adapted", envs_per_task: int = 1, grad_clip: float | None = None):
+                 vmap: bool = False, query: str = "adapted", envs_per_task: int = 1, grad_clip: float | None = None,
+                 eval_shots: int = 0):
+        self.eval_shots = int(eval_shots)
         if query not in ("adapted", "support"):
             raise UserError(f"meta.query={query!r} is not valid; use adapted (query data collected with the "
                             "adapted parameters, MAML-RL) or support (a fresh batch of the support data).")
@@ -275,6 +277,9 @@ class MAML(MetaLearnerBase):
                     adapted = 1.0
             row = _shot_metrics(agent, tasks, task, k, seed, eval_episodes_per_shot, finished[0]["return"], clock)
             yield {**row, "adapted": adapted}
+
+    def agent_clock(self) -> int:
+        return 0  # the shared agent never runs its own update(): its replay-ratio clock has not started
 
     # -- persistence -----------------------------------------------------------------------------
     def state_dict(self, *, replay: bool = True) -> dict[str, Any]:

@@ -16,8 +16,8 @@ Runners (``meta.runner``):
 * ``inline`` - members one after another in this process (deterministic, no overhead);
 * ``processes`` - a pool of ``meta.workers`` forked processes, one member per task, results sent
   back as ``torch.save`` bytes. Each worker uses one intra-op thread.
-* A SLURM job array is the same call through submitit's ``map_array`` (the sweep's
-  ``metawm.infra.launch``): see :func:`slurm_runner` - not wired to a config option yet.
+* ``slurm`` - one SLURM job array per outer step, one member per array task (submitit's
+  ``map_array``, the cluster profile ``meta.cluster`` from ``slurm/``, as the sweeps use).
 
 Reptile (:mod:`metawm.meta.reptile`) is the learner built to scale this way: its members need no
 second-order terms and talk to the outer loop only through parameters.
@@ -136,25 +136,60 @@ class ProcessRunner:
         pass
 
 
-def slurm_runner(executor: Any) -> Callable:
-    """Members as the tasks of one SLURM job array: ``executor`` is a configured
-    ``submitit.AutoExecutor`` (see ``metawm.infra.launch``); the member function, its job and the
-    world are pickled with cloudpickle by submitit. Blocks until every member has returned."""
+class SlurmRunner:
+    """Members as the tasks of one SLURM job array per outer step (submitit ``map_array``; the
+    member function, its job and the world are pickled with cloudpickle). ``cluster`` names a
+    profile in ``slurm/`` (e.g. ``local``, or your copy of ``example_gpu_cluster.yaml``), read
+    with the sweep's :func:`metawm.infra.launch.executor_parameters`. Blocks until every member
+    has returned; a failed member raises with its log's path."""
 
-    def run(fn: Callable[[MemberJob, World], MemberResult], jobs: Sequence[MemberJob], world: World):
+    name = "slurm"
+
+    def __init__(self, cluster: str = "local", folder: str = "slurm_members", workers: int = 2):
+        from omegaconf import OmegaConf
+
+        from metawm import paths
+        from metawm.infra import launch
+
+        path = paths.SLURM / f"{cluster}.yaml"
+        if not path.is_file():
+            raise choices_error("cluster profile (meta.cluster)", cluster,
+                                sorted(p.stem for p in paths.SLURM.glob("*.yaml")))
+        self.profile = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+        launch.check_profile(self.profile, cluster)
+        self.folder = folder
+
+    def map(self, fn: Callable[[MemberJob, World], MemberResult], jobs: Sequence[MemberJob],
+            world: World) -> list[MemberResult]:
+        import submitit
+
+        from metawm.infra import launch
+
+        why = launch.slurm_reachable()
+        if why is not None:
+            raise UserError(f"meta.runner=slurm: no SLURM reachable ({why}). Start one (slurm/start_local.sh) or use "
+                            "meta.runner=inline|processes.")
+        executor = submitit.AutoExecutor(folder=os.path.join(self.folder, "%j"), cluster="slurm")
+        executor.update_parameters(**launch.executor_parameters(self.profile, name="metawm-members",
+                                                                workers=len(jobs), signal_delay_s=60))
         handles = executor.map_array(fn, list(jobs), [world] * len(jobs))
         return [h.result() for h in handles]
 
-    return run
+    def close(self) -> None:
+        pass
 
 
-RUNNERS = {"inline": InlineRunner, "processes": ProcessRunner}
+RUNNERS = {"inline": InlineRunner, "processes": ProcessRunner, "slurm": SlurmRunner}
 
 
-def make_runner(name: str, workers: int = 2):
+def make_runner(name: str, workers: int = 2, cluster: str = "local", folder: str = "slurm_members"):
     if name not in RUNNERS:
         raise choices_error("population runner (meta.runner)", name, RUNNERS)
-    return RUNNERS[name](workers) if name == "processes" else RUNNERS[name]()
+    if name == "processes":
+        return ProcessRunner(workers)
+    if name == "slurm":
+        return SlurmRunner(cluster, folder)
+    return InlineRunner()
 
 
 def default_workers() -> int:

@@ -50,7 +50,9 @@ class Reptile(MetaLearnerBase):
 
     def __init__(self, population: int = 4, inner_steps: int = 1000, meta_lr: float = 1.0,
                  meta_lr_final: float = 0.0, anneal_iters: int | None = None, part: str = "all",
-                 envs_per_task: int = 1, carry_state: bool = True, runner: str = "inline", workers: int = 2):
+                 envs_per_task: int = 1, carry_state: bool = True, runner: str = "inline", workers: int = 2,
+                 cluster: str = "local", slurm_folder: str = "slurm_members", eval_shots: int = 0):
+        self.eval_shots = int(eval_shots)
         self.population = int(population)
         self.inner_steps = int(inner_steps)
         self.meta_lr, self.meta_lr_final = float(meta_lr), float(meta_lr_final)
@@ -58,7 +60,7 @@ class Reptile(MetaLearnerBase):
         self.part = str(part)
         self.envs_per_task = int(envs_per_task)
         self.carry_state = bool(carry_state)
-        self.runner = make_runner(runner, workers)
+        self.runner = make_runner(runner, workers, cluster, slurm_folder)
         self.clock = 0   # env steps of one member lineage: the agent's update() clock
         self.env_steps = 0
 

@@ -418,7 +418,7 @@ class VariBAD(MetaLearnerBase):
         from metawm.meta.base import finetune_adaptation
 
         return finetune_adaptation(agent, self.ctx.tasks, task, shots, seed=seed,
-                                   eval_episodes_per_shot=eval_episodes_per_shot)
+                                   eval_episodes_per_shot=eval_episodes_per_shot, clock=self.agent_clock())
 
     def load_agent_state(self, agent_state) -> None:
         raise UserError("meta=varibad needs its belief model; this checkpoint has none.")

@@ -285,7 +285,7 @@ def test_meta_gradient_rl_step():
     up = {k: v.detach() + (e if k == "actent" else 0) for k, v in raw.items()}
     dn = {k: v.detach() - (e if k == "actent" else 0) for k, v in raw.items()}
     fd = (objective(up) - objective(dn)) / (2 * e)
-    assert float(expected["actent"]) == pytest.approx(float(fd), rel=1e-5, abs=1e-9)
+    assert float(expected["actent"].detach()) == pytest.approx(float(fd.detach()), rel=1e-5, abs=1e-9)
 
 
 def test_varibad_refuses_image_suites_and_sizes_the_augmented_observation():

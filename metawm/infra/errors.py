@@ -27,6 +27,15 @@ def choices_error(what: str, given: str, valid: Iterable[str], hint: str = "") -
     return UserError(msg)
 
 
+def _fill(message: str) -> str:
+    """Wrap for a terminal only; in a log file (SLURM's, CI's) a message stays one line per
+    paragraph, so paths and overrides in it can be copied and grepped whole."""
+    if not sys.stderr.isatty():
+        return message
+    return "\n".join(textwrap.fill(line, width=100, subsequent_indent="  ", break_long_words=False,
+                                    break_on_hyphens=False) for line in message.splitlines())
+
+
 def cli(main: Callable[[list[str]], int | None]) -> Callable[[list[str] | None], int]:
     """Wrap an entry point: UserError -> message on stderr and exit status 2."""
 
@@ -40,7 +49,7 @@ def cli(main: Callable[[list[str]], int | None]) -> Callable[[list[str] | None],
             if prog == "__main__":
                 spec = getattr(sys.modules["__main__"], "__spec__", None)
                 prog = spec.name if spec else "metawm"
-            print(f"error ({prog}): " + textwrap.fill(str(e), width=100, subsequent_indent="  "), file=sys.stderr)
+            print(f"error ({prog}): " + _fill(str(e)), file=sys.stderr)
             return EXIT_USER_ERROR
         except KeyboardInterrupt:
             print("interrupted; re-run the same command to resume from the last checkpoint.", file=sys.stderr)

@@ -29,3 +29,15 @@ def read_jsonl(path: str | Path) -> list[dict]:
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture(scope="module")
+def metaworld_cache(tmp_path_factory):
+    """Meta-World goal files go to a temporary cache, not the user's home."""
+    old = os.environ.get("METAWM_CACHE_DIR")
+    os.environ["METAWM_CACHE_DIR"] = str(tmp_path_factory.mktemp("metawm-cache"))
+    yield
+    if old is None:
+        os.environ.pop("METAWM_CACHE_DIR", None)
+    else:
+        os.environ["METAWM_CACHE_DIR"] = old

@@ -18,18 +18,7 @@ from metawm.envs.gridworld import GridNaviBAMDP, varibad_goals
 from metawm.envs.point_nav import PointNavEnv
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _metaworld_cache(tmp_path_factory):
-    """Meta-World goal files go to a temporary cache, not the user's home."""
-    import os
-
-    old = os.environ.get("METAWM_CACHE_DIR")
-    os.environ["METAWM_CACHE_DIR"] = str(tmp_path_factory.mktemp("metawm-cache"))
-    yield
-    if old is None:
-        os.environ.pop("METAWM_CACHE_DIR", None)
-    else:
-        os.environ["METAWM_CACHE_DIR"] = old
+pytestmark = pytest.mark.usefixtures("metaworld_cache")
 
 
 def _reach_env():

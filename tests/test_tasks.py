@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -19,16 +18,7 @@ SUITES = ["atari_suite", "cartpole_physics", "cheetah_dir", "cheetah_vel", "grid
 METAWORLD = [s for s in SUITES if s.startswith("metaworld")]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _metaworld_cache(tmp_path_factory):
-    """Meta-World goal files go to a temporary cache, not the user's home."""
-    old = os.environ.get("METAWM_CACHE_DIR")
-    os.environ["METAWM_CACHE_DIR"] = str(tmp_path_factory.mktemp("metawm-cache"))
-    yield
-    if old is None:
-        os.environ.pop("METAWM_CACHE_DIR", None)
-    else:
-        os.environ["METAWM_CACHE_DIR"] = old
+pytestmark = pytest.mark.usefixtures("metaworld_cache")
 
 
 @pytest.fixture

@@ -39,12 +39,7 @@ def learning_curves(metrics_path: str | Path, out: str | Path, keys: Iterable[st
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def curves_with_bands(xs: Sequence[float], series: dict[str, tuple[Sequence[float], Sequence[float]]],
@@ -60,6 +55,10 @@ def curves_with_bands(xs: Sequence[float], series: dict[str, tuple[Sequence[floa
     ax.legend()
     if title:
         ax.set_title(title)
+    return _save(fig, out)
+
+
+def _save(fig, out: str | Path) -> Path:
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -375,12 +375,14 @@ class DreamerV3Agent:
         the adapted discount where returns are formed:
 
         * imagination: gamma_t = sigmoid(cont_t) / gamma_0 * gamma, i.e. the head's continuation
-          probability times gamma (the weights w_t = prod gamma_k use it too, as constants);
+          probability times gamma (the weights w_t = prod_k gamma_k of the imagined states too);
         * replayed sequences: gamma_t = (1 - terminal_t) * gamma.
 
-        With gamma = gamma_0 this is DreamerV3 unchanged. In Xu et al. 2018 (eq. 1-4) gamma enters
-        the return g_eta(tau) only, which is what this does; the head's continuation probability is
-        not clipped to 1, so that gamma = gamma_0 reproduces the recipe exactly."""
+        With gamma = gamma_0 this is DreamerV3 unchanged. ``loss(..., hparams=...)`` is differentiable
+        wherever gamma enters: the returns (as g_eta(tau) in Xu et al. 2018, eq. 1-4) and, unlike
+        their actor-critic loss, which has no state weighting, DreamerV3's weights w_t. The return
+        scale S stays a constant. The head's continuation probability is not clipped to 1, so that
+        gamma = gamma_0 reproduces the recipe exactly."""
         limits = {"discount": (0.0, 1.0), "lam": (0.0, 1.0), "actent": (0.0, math.inf)}
         for k, v in values.items():
             if k not in limits:

@@ -80,11 +80,12 @@ def imagination_loss(reward: torch.Tensor, cont: torch.Tensor, value: torch.Tens
     the discount inside ``cont`` may be 0-d tensors that require gradients. ``reward``, ``value``
     and ``slow_value`` are always constants and ``cont`` may carry gradients only to the discount,
     so R_t, the advantages and the critic's target are differentiable in the hyperparameters and
-    still stop-gradients w.r.t. the networks. The weights w_t, the return normalizer and S are
-    constants (their values use the given discount). With floats this is the paper's loss exactly.
+    still stop-gradients w.r.t. the networks; so are the weights w_t, which the discount also
+    enters. Only the return normalizer (and so S) stays a constant. With floats this is the
+    paper's loss exactly.
     """
     reward, value, slow_value = reward.detach(), value.detach(), slow_value.detach()
-    weight = torch.cumprod(cont.detach(), 1)
+    weight = torch.cumprod(cont, 1)
     ret = lambda_returns(reward[:, 1:].T, value[:, 1:].T, cont[:, 1:].T, lam, value[:, -1]).T
     retnorm = percentile_ema(retnorm.detach(), ret.detach(), retnorm_rate, retnorm_low, retnorm_high)
     _, scale = percentile_scale(retnorm, retnorm_limit)

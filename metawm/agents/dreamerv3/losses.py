@@ -119,8 +119,8 @@ def replay_value_loss(reward: torch.Tensor, is_last: torch.Tensor, is_terminal: 
     """
     gamma = (1.0 - 1.0 / horizon) if discount is None else discount
     reward, slow_value = reward.detach(), slow_value.detach()
-    disc = (1.0 - is_terminal.float()) * gamma
-    lam_t = (1.0 - is_last.float()) * lam
+    disc = (1.0 - is_terminal.to(reward.dtype)) * gamma
+    lam_t = (1.0 - is_last.to(reward.dtype)) * lam
     ret = lambda_returns(reward[:, 1:].T, boot[:, 1:].T, disc[:, 1:].T, lam_t[:, 1:].T, boot[:, -1]).T
     mask = 1.0 - is_last[:, :-1].float()
     loss = mask * (twohot_loss(critic_logits[:, :-1], ret, bins, target_grad=True)

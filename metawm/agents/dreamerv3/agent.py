@@ -20,6 +20,11 @@ it; deviations are listed at the end of this docstring.
    (eq. 7, 10-12), and the critic loss on replayed sequences (Nature version, scale 0.3).
 5. **After each step**: LaProp with adaptive gradient clipping (``metawm.ops.optim``), then the slow
    critic's EMA (decay 0.98) and the return normalizer's state are committed.
+6. **Hyperparameters for meta-gradient RL** (``meta.rule=meta_gradient``, Xu et al. 2018):
+   :meth:`hparams` / :meth:`set_hparams` expose the return's discount, lambda and the entropy scale,
+   and ``loss(..., hparams=...)`` is differentiable in them. The discount is applied as the continue
+   head's continuation probability times gamma (the head keeps learning 1 - 1/horizon, see
+   :meth:`set_hparams`); at the default values this is the recipe above, bit for bit.
 
 Deviations from the paper and the authors' code (all deliberate, none on the math):
 

@@ -402,7 +402,8 @@ class DreamerV3Agent:
         """The agent's values, overridden by ``hparams`` (tensors moved to the agent's device)."""
         unknown = set(hparams or {}) - set(self.hparams())
         if unknown:
-            raise UserError(f"DreamerV3's loss has no hyperparameters {sorted(unknown)}; it has {sorted(self.hparams())}.")
+            raise UserError(f"DreamerV3's loss has no hyperparameters {sorted(unknown)}; "
+                            f"it has {sorted(self.hparams())}.")
         over = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else float(v)) for k, v in (hparams or {}).items()}
         return {**self.hparams(), **over}
 

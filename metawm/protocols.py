@@ -83,6 +83,9 @@ class Agent(Protocol):
     # Optional hooks the training loop calls when present:
     #   info() -> dict                       preset, parameter count, ... (into summary.json)
     #   write_plots(directory, env_steps)    PNGs into the run's plots/ (e.g. reconstructions)
+    # and one that meta.rule=meta_gradient requires (DreamerV3 has it):
+    #   hparams() / set_hparams(dict) / loss(params, batch, hparams={name: 0-d tensor})
+    #                                        discount, lam, actent, differentiable (metawm/meta/learned_rule.py)
 
 
 AgentFactory = Callable[[EnvSpec], Agent]

@@ -201,6 +201,67 @@ def test_substituting_only_the_world_model():
     assert sum(g is not None for g in grads) >= 0.9 * len(wm)
 
 
+# -- hyperparameters as differentiable inputs (meta.rule=meta_gradient, Xu et al. 2018) ----------------------
+def test_loss_is_differentiable_in_its_hyperparameters():
+    """d loss / d (lambda, entropy scale, discount) of the agent's loss on a fixed batch equal central
+    finite differences (float32: loose tolerance; the float64 check of the same math is in
+    test_ops_dreamer.py); hparams=None is the loss at the agent's own values, and the gradients
+    w.r.t. the networks do not change when the hyperparameters are tensors."""
+    agent = filled(make_agent(warmup=0))
+    for _ in range(3):
+        agent._train_step(agent.sample_batch())
+    batch = agent.sample_batch(torch.Generator().manual_seed(0))
+    params = {n: p.detach().requires_grad_() for n, p in agent.params().items()}
+
+    def loss(hparams):
+        torch.manual_seed(7)  # the same imagined actions every time
+        return agent.loss(params, batch, hparams=hparams)
+
+    base, base_metrics = loss(None)
+    cur = agent.hparams()
+    assert cur == {"discount": 1 - 1 / 333, "lam": 0.95, "actent": 3e-4}
+    assert base_metrics["actor/ret_scale"] == 1.0  # S = limit: a constant, as the gradient assumes
+    eta = {k: torch.tensor(v, requires_grad=True) for k, v in cur.items()}
+    total, _ = loss(eta)
+    torch.testing.assert_close(total, base, rtol=0, atol=1e-6)
+    got = dict(zip(eta, torch.autograd.grad(total, list(eta.values()), retain_graph=True)))
+    names = list(params)
+    same = torch.autograd.grad(base, [params[n] for n in names], allow_unused=True)
+    tens = torch.autograd.grad(total, [params[n] for n in names], allow_unused=True)
+    for n, a, b in zip(names, same, tens):
+        assert (a is None) == (b is None), n
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7, msg=n)
+    # the loss is linear in the entropy scale (a wide step is exact); smooth in lambda and gamma
+    for k, e, rel in [("actent", 0.05, 1e-3), ("lam", 1e-3, 5e-2), ("discount", 1e-3, 1e-2)]:
+        at = lambda v: float(loss({k: torch.tensor(v)})[0].detach())  # noqa: E731
+        fd = (at(cur[k] + e) - at(cur[k] - e)) / (2 * e)
+        assert float(got[k]) == pytest.approx(fd, rel=rel), k
+        assert abs(float(got[k])) > 1e-4, k
+
+
+def test_set_hparams_changes_training_and_is_checkpointed():
+    a, b = filled(make_agent()), filled(make_agent())
+    b.set_hparams({"lam": 0.5, "actent": 0.1, "discount": 0.9})
+    assert b.hparams() == {"lam": 0.5, "actent": 0.1, "discount": 0.9}
+    batch = a.sample_batch(torch.Generator().manual_seed(0))
+    rows = []
+    for agent in (a, b):  # the agent's own update uses them
+        torch.manual_seed(1)
+        rows.append([agent._train_step(batch) for _ in range(3)])
+    (first_a, *_, last_a), (first_b, *_, last_b) = rows
+    assert first_a["wm/loss/rec"] == first_b["wm/loss/rec"]  # the world model's loss does not depend on them
+    assert first_a["actor/loss"] != first_b["actor/loss"]
+    assert last_a["actor/imag_return"] != last_b["actor/imag_return"]
+    other = make_agent(seed=3)
+    other.load_state_dict(b.state_dict())
+    assert other.hparams() == b.hparams()
+    with pytest.raises(UserError, match="gamma.*actent"):
+        b.set_hparams({"gamma": 0.9})
+    with pytest.raises(UserError, match="lam"):
+        b.set_hparams({"lam": 1.5})
+
+
 # -- persistence: exact resume ------------------------------------------------------------------------------
 def test_checkpoint_mid_training_resumes_to_the_same_metrics():
     def run(agent, env_steps):

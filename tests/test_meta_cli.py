@@ -1,6 +1,8 @@
 """Tier 2-3: every meta-learner x every agent meta-trains and adapts end to end through the real
 entry points (``metawm.train`` then ``metawm.adapt`` on its checkpoint), and a killed meta-training
-run resumes with a byte-identical ``metrics.jsonl``.
+run resumes with a byte-identical ``metrics.jsonl``. ``meta=learned_rule`` runs its default rule
+(``learned_optimizer``) in the matrix; ``meta.rule=meta_gradient`` needs an agent hook that only
+DreamerV3 has, so it has its own tests below (DreamerV3 through the CLI, the others' clean refusal).
 
 The runs are in-process (``main(argv)``, the same code path as ``python -m``, without paying for
 a new interpreter and torch import per run); ``tests/test_adapt_cli.py`` runs the CLI in a
@@ -15,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import read_jsonl
+from conftest import read_jsonl, run_cli
 
 torch.set_num_threads(1)
 
@@ -65,6 +67,40 @@ def test_meta_learner_x_agent_trains_and_adapts(tmp_path, agent, meta):
         assert per_shot[1]["return"]["n"] == 1 and per_shot[1]["return"]["mean"] > 0
     assert (tmp_path / "adapt" / "plots" / "adapt_return.png").exists()
     assert out["checkpoint_header"]["meta"] == meta and out["meta"] == meta
+
+
+@pytest.mark.slow
+def test_meta_gradient_rl_with_dreamerv3_from_the_command_line(tmp_path):
+    """Xu et al. 2018 on DreamerV3 as a user runs it: discount, lambda and entropy scale adapt
+    online, are logged as rule/*, and ``metawm.adapt`` trains fresh agents with them."""
+    one = {"OMP_NUM_THREADS": "1"}
+    run_dir = tmp_path / "run"
+    res = run_cli("metawm.train", "+task=cartpole_physics", "agent=dreamerv3", "meta=learned_rule",
+                  "meta.rule=meta_gradient", "+exp=smoke", "tracker=disabled", "progress=false", f"run_dir={run_dir}",
+                  env=one)
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "rule/lam" in r]
+    assert len(rows) == 2 and "rule/meta_objective" in rows[-1]  # 2 outer steps of 2 members x 100 env steps
+    last = rows[-1]
+    assert abs(last["rule/lam"] - 0.95) > 1e-5 and abs(last["rule/discount"] - (1 - 1 / 333)) > 1e-6, last
+    assert last["rule/actent"] == pytest.approx(3e-4, rel=1e-2)  # its meta-gradient is tiny on this run
+    out = tmp_path / "adapt"
+    res = run_cli("metawm.adapt", f"checkpoint={run_dir}", "+task=cartpole_physics", "split=test", "shots=1",
+                  "+exp=smoke", "progress=false", f"run_dir={out}", env=one)
+    assert res.returncode == 0, res.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "complete" and set(summary["methods"]) == {"meta", "finetune", "scratch"}
+    assert summary["checkpoint_header"]["agent"] == "dreamerv3"
+
+
+@pytest.mark.parametrize("agent", ["mpc", "muzero"])
+def test_meta_gradient_rl_names_the_hook_an_agent_lacks(tmp_path, capsys, agent):
+    from metawm.train import main
+
+    code = main(["+task=cartpole_physics", f"agent={agent}", "meta=learned_rule", "meta.rule=meta_gradient", *TINY,
+                 f"run_dir={tmp_path / 'run'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "hparams()" in err and "learned_optimizer" in err and "Traceback" not in err, err
 
 
 def test_varibad_on_the_bamdp_reports_sub_episode_returns(tmp_path):

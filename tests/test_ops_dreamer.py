@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from metawm.agents.dreamerv3 import losses
@@ -107,6 +108,44 @@ def test_lambda_returns_accepts_per_step_lambda():
     cut[2] = 0.0  # lambda 0 at step 2: R_2 = r_2 + gamma v_2, whatever comes later
     out = lambda_returns(r, v, 0.9, cut, boot)
     torch.testing.assert_close(out[2], r[2] + 0.9 * v[2])
+
+
+def test_losses_are_differentiable_in_lambda_discount_and_entropy_scale():
+    """Meta-gradient RL (Xu et al. 2018) needs d loss / d eta: with 0-d tensors for lambda, the
+    entropy scale and the discount (inside the continuation), the imagination and replay critic
+    losses equal central finite differences in float64; the model outputs stay constants."""
+    g = torch.Generator().manual_seed(0)
+    N, H, B, T, K = 6, 4, 2, 3, 255
+    bins = symexp_bins(K).double()
+    rnd = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    reward, value, slow = rnd(N, H + 1), rnd(N, H + 1), rnd(N, H + 1)
+    c = torch.rand(N, H + 1, generator=g, dtype=torch.float64) * 0.5 + 0.5   # continuation probabilities
+    logits, logpi, entropy = rnd(N, H + 1, K).requires_grad_(), rnd(N, H + 1), rnd(N, H + 1).abs()
+    rep_logits, rep_rew, rep_slow = rnd(B, T, K), rnd(B, T), rnd(B, T)
+    last = torch.tensor([[False, True, False], [False, False, False]])
+    retnorm = torch.tensor([0.0, 2.0], dtype=torch.float64)  # S = 2, held fixed (rate 0)
+
+    def total(lam, actent, discount):
+        imag = losses.imagination_loss(reward, c * discount, value, slow, logits, logpi, entropy, retnorm, bins,
+                                       lam=lam, actent=actent, retnorm_rate=0.0)
+        assert float(imag.scale) == 2.0
+        rep, _ = losses.replay_value_loss(rep_rew, last, torch.zeros_like(last), imag.ret[:, 0].reshape(B, T),
+                                          rep_slow, rep_logits, bins, lam=lam, discount=discount)
+        return imag.policy.mean() + imag.value.mean() + 0.3 * rep.mean()
+
+    point = {"lam": 0.9, "actent": 0.01, "discount": 0.97}
+    eta = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in point.items()}
+    got = dict(zip(eta, torch.autograd.grad(total(**eta), list(eta.values()))))
+    for k in point:
+        e = 1e-6
+        fd = (total(**{**point, k: point[k] + e}) - total(**{**point, k: point[k] - e})) / (2 * e)
+        assert float(got[k]) == pytest.approx(float(fd.detach()), rel=1e-6, abs=1e-10), k
+        assert float(got[k]) != 0, k
+    # with floats the losses are the same numbers, and the returns carry no graph
+    torch.testing.assert_close(total(**point), total(**eta), rtol=0, atol=1e-12)
+    plain = losses.imagination_loss(reward, c * 0.97, value, slow, logits, logpi, entropy, retnorm, bins, lam=0.9,
+                                    retnorm_rate=0.0)
+    assert not plain.ret.requires_grad and not plain.adv.requires_grad and not plain.weight.requires_grad
 
 
 # -- KL balancing with free nats (eq. 5) ------------------------------------------------------------

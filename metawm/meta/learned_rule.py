@@ -29,12 +29,14 @@ return's discount gamma, lambda and the entropy scale eta are adapted online. Ev
     eta   <- eta - beta * d J'(theta', tau'; eta_bar) / d eta         (eq. 2-4, J' with fixed reference eta_bar)
 
 differentiating J' through theta'. Members are persistent agents that train with their own update
-rule using the current eta (``agent.set_hparams``). This needs an agent hook that no metawm agent
-has yet: ``hparams() -> dict[str, float]`` (names among ``discount``, ``lam``, ``actent``),
-``set_hparams(dict)`` and ``loss(params, batch, hparams={name: 0-d tensor})`` differentiable in the
-hyperparameters (for DreamerV3: compute the lambda-returns and advantages from *detached* model
-outputs instead of under ``torch.no_grad()``, so that gradients reach gamma and lambda). Without
-it the rule stops with an error naming the hook.
+rule using the current eta (``agent.set_hparams``). This needs an agent hook: ``hparams() ->
+dict[str, float]`` (names among ``discount``, ``lam``, ``actent``), ``set_hparams(dict)`` and
+``loss(params, batch, hparams={name: 0-d tensor})`` differentiable in the hyperparameters. DreamerV3
+has it (:meth:`~metawm.agents.dreamerv3.agent.DreamerV3Agent.set_hparams`: lambda-returns and
+advantages from *detached* model outputs, so that gradients reach gamma and lambda but not the
+networks; its discount, learned into the continue head, is applied as the head's continuation
+probability times gamma). The other agents do not; with them the rule stops with an error naming
+the hook.
 
 Both rules are evaluated as the issue asks: ``metawm.adapt`` trains a *fresh* agent on a held-out
 task with the learned rule (``meta`` rows) against the hand-designed rule (``scratch`` rows).

@@ -107,10 +107,14 @@ def twohot_mean(logits: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
     return (weighted[..., :m].flip(-1) + weighted[..., m:]).sum(-1)
 
 
-def twohot_loss(logits: torch.Tensor, target: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
+def twohot_loss(logits: torch.Tensor, target: torch.Tensor, bins: torch.Tensor, *,
+                target_grad: bool = False) -> torch.Tensor:
     """Cross-entropy between ``softmax(logits)`` (..., K) and the two-hot encoding of ``target``
-    (...) over ``bins`` (DreamerV3 eq. 9-10; the target is treated as a constant). Returns (...)."""
-    return -(twohot(target.detach(), bins) * log_softmax(logits)).sum(-1)
+    (...) over ``bins`` (DreamerV3 eq. 9-10). The target is treated as a constant unless
+    ``target_grad``: then gradients flow into it through the (piecewise linear) two-hot weights,
+    which meta-gradient RL needs when the target is a return of differentiable hyperparameters
+    (Xu et al. 2018). Returns (...)."""
+    return -(twohot(target if target_grad else target.detach(), bins) * log_softmax(logits)).sum(-1)
 
 
 def binary_loss(logit: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -20,6 +20,11 @@ it; deviations are listed at the end of this docstring.
    (eq. 7, 10-12), and the critic loss on replayed sequences (Nature version, scale 0.3).
 5. **After each step**: LaProp with adaptive gradient clipping (``metawm.ops.optim``), then the slow
    critic's EMA (decay 0.98) and the return normalizer's state are committed.
+6. **Hyperparameters for meta-gradient RL** (``meta.rule=meta_gradient``, Xu et al. 2018):
+   :meth:`hparams` / :meth:`set_hparams` expose the return's discount, lambda and the entropy scale,
+   and ``loss(..., hparams=...)`` is differentiable in them. The discount is applied as the continue
+   head's continuation probability times gamma (the head keeps learning 1 - 1/horizon, see
+   :meth:`set_hparams`); at the default values this is the recipe above, bit for bit.
 
 Deviations from the paper and the authors' code (all deliberate, none on the math):
 
@@ -97,6 +102,7 @@ class DreamerV3Agent:
         self.replay_ratio = float(replay_ratio)
         self.train_after = int(train_after if train_after is not None else self.batch_size * self.batch_length)
         self.imag_horizon, self.horizon, self.lam, self.actent = int(imag_horizon), float(horizon), float(lam), float(actent)
+        self.discount = 1.0 - 1.0 / self.horizon  # of the returns; set_hparams may adapt it (meta_gradient)
         self.slow_rate, self.slowreg, self.free_nats = 1.0 - float(slow_critic_decay), float(slowreg), float(free_nats)
         self.actor_unimix, self.minstd, self.maxstd = float(actor_unimix), float(minstd), float(maxstd)
         self.retnorm_args = dict(retnorm_rate=float(retnorm_rate), retnorm_limit=float(retnorm_limit),
@@ -228,18 +234,26 @@ class DreamerV3Agent:
     # ======================================================================================
     # 4. The loss, as a function of the parameters
     # ======================================================================================
-    def loss(self, params: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, Metrics]:
+    def loss(self, params: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor],
+             hparams: Mapping[str, torch.Tensor | float] | None = None) -> tuple[torch.Tensor, Metrics]:
         """The total training loss with ``params`` substituted (any subset of :meth:`params`; the
         rest keep their values), differentiable to any order w.r.t. ``params``. Does not change the
-        agent's state (normalizer and slow critic are read, not updated)."""
-        total, metrics, _ = self._loss(params, batch)
+        agent's state (normalizer and slow critic are read, not updated).
+
+        ``hparams`` (any subset of :meth:`hparams`, 0-d tensors) replaces the agent's own values, and
+        the loss is differentiable w.r.t. them (meta-gradient RL, see :meth:`set_hparams`); None:
+        the agent's current values, exactly the loss its :meth:`update` minimizes."""
+        total, metrics, _ = self._loss(params, batch, hparams)
         return total, _to_floats(metrics)
 
-    def _loss(self, params: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor]):
-        return torch.func.functional_call(self.nets, dict(params), (self._objective, batch), strict=False)
+    def _loss(self, params: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor],
+              hparams: Mapping[str, torch.Tensor | float] | None = None):
+        return torch.func.functional_call(self.nets, dict(params), (self._objective, batch, hparams), strict=False)
 
-    def _objective(self, nets: Nets, batch: Mapping[str, torch.Tensor]):
+    def _objective(self, nets: Nets, batch: Mapping[str, torch.Tensor],
+                   hparams: Mapping[str, torch.Tensor | float] | None = None):
         wm, ac, sc = nets.world_model, nets.actor_critic, self.scales
+        hp = self._resolve_hparams(hparams)
         is_first, is_last, is_terminal = batch["is_first"], batch["is_last"], batch["is_terminal"]
         reward, obs = batch["reward"].float(), batch["obs"]
         B, T = is_first.shape
@@ -269,6 +283,10 @@ class DreamerV3Agent:
             img_rew = twohot_mean(wm.reward(img_feat), self.bins)
             img_con = torch.sigmoid(wm.cont(img_feat)[..., 0])
             img_slow = twohot_mean(self.slow_critic(img_feat), self.bins)
+        base = 1.0 - 1.0 / self.horizon
+        if isinstance(hp["discount"], torch.Tensor) or hp["discount"] != base:
+            # the head predicts base * c (contdisc); the adapted discount replaces base (see set_hparams)
+            img_con = img_con * (hp["discount"] / base)
 
         # -- 4c. Actor and critic on the imagined trajectories (eq. 7, 10-12)
         critic_logits = ac.critic(img_feat)
@@ -277,7 +295,7 @@ class DreamerV3Agent:
         imag = losses.imagination_loss(
             img_rew, img_con, twohot_mean(critic_logits.detach(), self.bins), img_slow, critic_logits,
             torch.cat([logpi, pad], 1), torch.cat([entropy, pad], 1), self.retnorm, self.bins,
-            lam=self.lam, actent=self.actent, slowreg=self.slowreg, **self.retnorm_args)
+            lam=hp["lam"], actent=hp["actent"], slowreg=self.slowreg, **self.retnorm_args)
 
         # -- 4d. Critic on the replayed sequences, bootstrapped from the imagined returns
         last_k = feat[:, -K:]
@@ -285,7 +303,8 @@ class DreamerV3Agent:
             rep_slow = twohot_mean(self.slow_critic(last_k.detach()), self.bins)
         repval, rep_ret = losses.replay_value_loss(
             reward[:, -K:], is_last[:, -K:], is_terminal[:, -K:], imag.ret[:, 0].reshape(B, K), rep_slow,
-            ac.critic(last_k), self.bins, horizon=self.horizon, lam=self.lam, slowreg=self.slowreg)
+            ac.critic(last_k), self.bins, horizon=self.horizon, lam=hp["lam"], slowreg=self.slowreg,
+            discount=hp["discount"])
 
         terms = {"rec": rec.mean(), "rew": rew.mean(), "con": con.mean(), "dyn": dyn.mean(), "rep": rep.mean(),
                  "policy": imag.policy.mean(), "value": imag.value.mean(), "repval": repval.mean()}
@@ -346,6 +365,48 @@ class DreamerV3Agent:
     # ======================================================================================
     # Functional access for meta-learners
     # ======================================================================================
+    def hparams(self) -> dict[str, float]:
+        """The return's discount gamma, lambda and the actor's entropy scale eta that :meth:`update`
+        uses (the hyperparameters meta-gradient RL adapts, ``meta.rule=meta_gradient``)."""
+        return {"discount": self.discount, "lam": self.lam, "actent": self.actent}
+
+    def set_hparams(self, values: Mapping[str, float]) -> None:
+        """Set (any of) :meth:`hparams` for all further training; they are part of :meth:`state_dict`.
+
+        ``lam`` and ``actent`` enter the loss as in the paper. The discount needs a choice, because
+        DreamerV3 learns it into the continue head: the head's target is c * gamma_0 with c the
+        continuation flag and gamma_0 = 1 - 1/horizon (authors' ``contdisc``). We keep that target
+        (the world model stays a model of the environment and does not move with gamma) and apply
+        the adapted discount where returns are formed:
+
+        * imagination: gamma_t = sigmoid(cont_t) / gamma_0 * gamma, i.e. the head's continuation
+          probability times gamma (the weights w_t = prod_k gamma_k of the imagined states too);
+        * replayed sequences: gamma_t = (1 - terminal_t) * gamma.
+
+        With gamma = gamma_0 this is DreamerV3 unchanged. ``loss(..., hparams=...)`` is differentiable
+        wherever gamma enters: the returns (as g_eta(tau) in Xu et al. 2018, eq. 1-4) and, unlike
+        their actor-critic loss, which has no state weighting, DreamerV3's weights w_t. The return
+        scale S stays a constant. The head's continuation probability is not clipped to 1, so that
+        gamma = gamma_0 reproduces the recipe exactly."""
+        limits = {"discount": (0.0, 1.0), "lam": (0.0, 1.0), "actent": (0.0, math.inf)}
+        for k, v in values.items():
+            if k not in limits:
+                raise UserError(f"DreamerV3 has no hyperparameter {k!r} to set; it has {sorted(limits)}.")
+            lo, hi = limits[k]
+            if not lo <= float(v) <= hi:
+                raise UserError(f"DreamerV3 hyperparameter {k}={float(v)} is outside [{lo}, {hi}].")
+        for k, v in values.items():
+            setattr(self, k, float(v))
+
+    def _resolve_hparams(self, hparams: Mapping[str, torch.Tensor | float] | None) -> dict[str, Any]:
+        """The agent's values, overridden by ``hparams`` (tensors moved to the agent's device)."""
+        unknown = set(hparams or {}) - set(self.hparams())
+        if unknown:
+            raise UserError(f"DreamerV3's loss has no hyperparameters {sorted(unknown)}; "
+                            f"it has {sorted(self.hparams())}.")
+        over = {k: (v.to(self.device) if isinstance(v, torch.Tensor) else float(v)) for k, v in (hparams or {}).items()}
+        return {**self.hparams(), **over}
+
     def parts(self) -> dict[str, list[str]]:
         names = [n for n, _ in self.nets.named_parameters()]
         return {"world_model": [n for n in names if n.startswith("world_model.")],
@@ -365,14 +426,16 @@ class DreamerV3Agent:
     # ======================================================================================
     def state_dict(self, *, replay: bool = False) -> dict[str, Any]:
         """A snapshot (copies, not views of the live tensors) of everything needed to continue
-        exactly: weights, slow critic, optimizer moments, normalizer, counters, and the replay when
-        ``replay`` (the global RNG is the caller's: the training loop saves it)."""
+        exactly: weights, slow critic, optimizer moments, normalizer, counters, hyperparameters
+        (:meth:`hparams`), and the replay when ``replay`` (the global RNG is the caller's: the
+        training loop saves it)."""
         return {"agent": self.name, "version": 1, "preset": self.size, "spec": self.env_spec.describe(),
                 "nets": copy.deepcopy(self.nets.state_dict()),
                 "slow_critic": copy.deepcopy(self.slow_critic.state_dict()),
                 "optimizer": copy.deepcopy(self.opt.state_dict()), "retnorm": self.retnorm.detach().cpu().clone(),
                 "counters": {"updates": self.updates, "ratio_start": self.ratio_start,
                              "ratio_updates": self.ratio_updates},
+                "hparams": self.hparams(),
                 "replay": self.replay.state_dict() if replay else None}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -393,6 +456,8 @@ class DreamerV3Agent:
         self.retnorm.copy_(state["retnorm"])
         c = state["counters"]
         self.updates, self.ratio_start, self.ratio_updates = c["updates"], c["ratio_start"], c["ratio_updates"]
+        if "hparams" in state:  # older checkpoints: the constructor's values
+            self.set_hparams(state["hparams"])
         if state.get("replay") is not None:
             self.replay.load_state_dict(state["replay"])
 

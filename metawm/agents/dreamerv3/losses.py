@@ -56,9 +56,9 @@ class ImagOut(NamedTuple):
 
 def imagination_loss(reward: torch.Tensor, cont: torch.Tensor, value: torch.Tensor, slow_value: torch.Tensor,
                      critic_logits: torch.Tensor, logpi: torch.Tensor, entropy: torch.Tensor,
-                     retnorm: torch.Tensor, bins: torch.Tensor, *, lam: float = 0.95, actent: float = 3e-4,
-                     slowreg: float = 1.0, retnorm_rate: float = 0.01, retnorm_limit: float = 1.0,
-                     retnorm_low: float = 0.05, retnorm_high: float = 0.95) -> ImagOut:
+                     retnorm: torch.Tensor, bins: torch.Tensor, *, lam: float | torch.Tensor = 0.95,
+                     actent: float | torch.Tensor = 3e-4, slowreg: float = 1.0, retnorm_rate: float = 0.01,
+                     retnorm_limit: float = 1.0, retnorm_low: float = 0.05, retnorm_high: float = 0.95) -> ImagOut:
     """Actor and critic losses on imagined trajectories of H + 1 states (the start and H steps).
 
     Inputs (N, H + 1): predicted ``reward`` r_t (reward on arriving at state t), continuation
@@ -75,24 +75,33 @@ def imagination_loss(reward: torch.Tensor, cont: torch.Tensor, value: torch.Tens
     * critic (eq. 10): two-hot cross-entropy to sg(R_t), plus ``slowreg`` times the cross-entropy
       to the slow (EMA) critic's prediction, the regularizer that replaces a target network.
     * w_t = prod_{k <= t} gamma_k: imagined states after a predicted episode end count less.
+
+    Hyperparameters as tensors (meta-gradient RL, Xu et al. 2018 eq. 1-4): ``lam``, ``actent`` and
+    the discount inside ``cont`` may be 0-d tensors that require gradients. ``reward``, ``value``
+    and ``slow_value`` are always constants and ``cont`` may carry gradients only to the discount,
+    so R_t, the advantages and the critic's target are differentiable in the hyperparameters and
+    still stop-gradients w.r.t. the networks; so are the weights w_t, which the discount also
+    enters. Only the return normalizer (and so S) stays a constant. With floats this is the
+    paper's loss exactly.
     """
-    with torch.no_grad():
-        weight = torch.cumprod(cont, 1)
-        ret = lambda_returns(reward[:, 1:].T, value[:, 1:].T, cont[:, 1:].T, lam, value[:, -1]).T
-        retnorm = percentile_ema(retnorm, ret, retnorm_rate, retnorm_low, retnorm_high)
-        _, scale = percentile_scale(retnorm, retnorm_limit)
-        adv = (ret - value[:, :-1]) / scale
+    reward, value, slow_value = reward.detach(), value.detach(), slow_value.detach()
+    weight = torch.cumprod(cont, 1)
+    ret = lambda_returns(reward[:, 1:].T, value[:, 1:].T, cont[:, 1:].T, lam, value[:, -1]).T
+    retnorm = percentile_ema(retnorm.detach(), ret.detach(), retnorm_rate, retnorm_low, retnorm_high)
+    _, scale = percentile_scale(retnorm, retnorm_limit)
+    adv = (ret - value[:, :-1]) / scale
     w = weight[:, :-1]
     policy = -w * (logpi[:, :-1] * adv + actent * entropy[:, :-1])
-    value_loss = w * (twohot_loss(critic_logits[:, :-1], ret, bins)
+    value_loss = w * (twohot_loss(critic_logits[:, :-1], ret, bins, target_grad=True)
                       + slowreg * twohot_loss(critic_logits[:, :-1], slow_value[:, :-1], bins))
     return ImagOut(policy, value_loss, ret, retnorm, scale, adv, weight)
 
 
 def replay_value_loss(reward: torch.Tensor, is_last: torch.Tensor, is_terminal: torch.Tensor,
                       boot: torch.Tensor, slow_value: torch.Tensor, critic_logits: torch.Tensor,
-                      bins: torch.Tensor, *, horizon: float = 333.0, lam: float = 0.95,
-                      slowreg: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+                      bins: torch.Tensor, *, horizon: float = 333.0, lam: float | torch.Tensor = 0.95,
+                      slowreg: float = 1.0, discount: float | torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """Critic loss on replayed sequences (Nature version, "replay value loss", scale 0.3).
 
     lambda-returns along the real sequence (B, T), bootstrapped from the imagined returns ``boot``
@@ -100,17 +109,20 @@ def replay_value_loss(reward: torch.Tensor, is_last: torch.Tensor, is_terminal: 
 
         R_t = r_{t+1} + gamma_{t+1} ((1 - lambda_{t+1}) boot_{t+1} + lambda_{t+1} R_{t+1}),  R_{T-1} = boot_{T-1}
 
-    with gamma_t = (1 - terminal_t)(1 - 1/horizon) and lambda_t = 0 where ``is_last`` (the return
-    restarts at episode ends inside the window). The critic (``critic_logits`` (B, T, K), with
-    gradients that also reach the world model's representations) regresses sg(R_t) and the slow
-    critic's prediction, masked where step t is the last of its episode.
+    with gamma_t = (1 - terminal_t) gamma, gamma = ``discount`` (default 1 - 1/horizon), and
+    lambda_t = 0 where ``is_last`` (the return restarts at episode ends inside the window). The
+    critic (``critic_logits`` (B, T, K), with gradients that also reach the world model's
+    representations) regresses sg(R_t) and the slow critic's prediction, masked where step t is the
+    last of its episode. ``discount``, ``lam`` and ``boot`` may carry gradients to hyperparameters
+    (see :func:`imagination_loss`); R_t is then differentiable in them, never in the networks.
     Returns (per-step loss (B, T - 1), returns (B, T - 1)).
     """
-    with torch.no_grad():
-        disc = (1.0 - is_terminal.float()) * (1.0 - 1.0 / horizon)
-        lam_t = (1.0 - is_last.float()) * lam
-        ret = lambda_returns(reward[:, 1:].T, boot[:, 1:].T, disc[:, 1:].T, lam_t[:, 1:].T, boot[:, -1]).T
-        mask = 1.0 - is_last[:, :-1].float()
-    loss = mask * (twohot_loss(critic_logits[:, :-1], ret, bins)
+    gamma = (1.0 - 1.0 / horizon) if discount is None else discount
+    reward, slow_value = reward.detach(), slow_value.detach()
+    disc = (1.0 - is_terminal.to(reward.dtype)) * gamma
+    lam_t = (1.0 - is_last.to(reward.dtype)) * lam
+    ret = lambda_returns(reward[:, 1:].T, boot[:, 1:].T, disc[:, 1:].T, lam_t[:, 1:].T, boot[:, -1]).T
+    mask = 1.0 - is_last[:, :-1].float()
+    loss = mask * (twohot_loss(critic_logits[:, :-1], ret, bins, target_grad=True)
                    + slowreg * twohot_loss(critic_logits[:, :-1], slow_value[:, :-1], bins))
     return loss, ret

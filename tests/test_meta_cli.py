@@ -83,7 +83,8 @@ def test_meta_gradient_rl_with_dreamerv3_from_the_command_line(tmp_path):
     assert len(rows) == 2 and "rule/meta_objective" in rows[-1]  # 2 outer steps of 2 members x 100 env steps
     last = rows[-1]
     assert abs(last["rule/lam"] - 0.95) > 1e-5 and abs(last["rule/discount"] - (1 - 1 / 333)) > 1e-6, last
-    assert last["rule/actent"] == pytest.approx(3e-4, rel=1e-2)  # its meta-gradient is tiny on this run
+    # the entropy scale's meta-gradient is ~1e-11 here, yet Adam (eps 1e-20) moves it as the others
+    assert last["rule/actent"] != 3e-4 and last["rule/actent"] == pytest.approx(3e-4, rel=0.1), last
     out = tmp_path / "adapt"
     res = run_cli("metawm.adapt", f"checkpoint={run_dir}", "+task=cartpole_physics", "split=test", "shots=1",
                   "+exp=smoke", "progress=false", f"run_dir={out}", env=one)

@@ -105,7 +105,10 @@ class LearnedRule(MetaLearnerBase):
                                 f"{getattr(self._agent, 'name', '?')} exposes none of them in hparams().")
             self.reference = dict(base)  # eta_bar of the meta-objective (Xu et al. eq. 4)
             self.raw = {k: torch.tensor(HPARAM_TRANSFORMS[k][1](v), requires_grad=True) for k, v in base.items()}
-            self.opt = Adam(list(self.raw.values()), lr=self.meta_lr)
+            # eps far below Adam's usual 1e-8: each hyperparameter is one scalar whose meta-gradient
+            # may be tiny (DreamerV3's entropy scale: ~1e-11), and Adam's step is scale-free only
+            # while sqrt(v) >> eps; with 1e-8 the entropy scale would never move.
+            self.opt = Adam(list(self.raw.values()), lr=self.meta_lr, eps=1e-20)
             self.members: list[Agent] = []
 
     def _check_hooks(self, agent: Agent) -> None:

@@ -9,7 +9,9 @@ with max-pooling, 30 no-op starts and RGB frames resized to 64x64 (gymnasium's
 ``AtariPreprocessing``). It prints the world-model losses as training goes, writes
 ``losses.png`` (losses against gradient steps) and ``plots/reconstruction.png`` (real frames,
 reconstructions of the first half of a replayed window, open-loop imagination of the second half),
-and ``results.json``. Until metawm's Atari suite lands, the environment is built here.
+and ``results.json``. The environment is built here with gymnasium's wrapper, with the same
+settings as ``atari_suite`` (metawm/envs/atari.py) plus its 30 no-op starts: one fixed game, no task
+sampling, so the figures depend on nothing but the agent.
 """
 
 from __future__ import annotations

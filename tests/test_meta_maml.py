@@ -137,3 +137,21 @@ def test_outer_step_learns_and_state_round_trips():
     other.load_state_dict(state)
     a, b = maml.outer_step(1), other.outer_step(1)
     assert a == b
+
+
+@pytest.mark.parametrize("query", ["support", "adapted"])
+def test_meta_updates_reuse_the_collected_data(query):
+    """meta_updates=k takes k outer steps per population on fresh batches of the same data: the
+    env-step count is that of one step (query=adapted collects its query data once), the optimizer
+    steps k times."""
+    one = MAML(population=2, inner_steps=30, inner_lr=0.05, meta_lr=1e-2, query=query)
+    one.setup(make_ctx())
+    three = MAML(population=2, inner_steps=30, inner_lr=0.05, meta_lr=1e-2, query=query, meta_updates=3)
+    three.setup(make_ctx())
+    a, b = one.outer_step(0), three.outer_step(0)
+    assert a["env_steps"] == b["env_steps"] == 2 * (30 if query == "support" else 60)
+    assert (one.opt.t, three.opt.t) == (1, 3)
+    assert all(torch.isfinite(p).all() for p in three.theta.values())
+    assert any((p - one.theta[n]).abs().max() > 0 for n, p in three.theta.items())
+    with pytest.raises(Exception, match="meta_updates"):
+        MAML(meta_updates=0)

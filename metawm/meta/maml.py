@@ -71,8 +71,11 @@ class MAML(MetaLearnerBase):
                  grad_steps: int = 1, inner_lr: float = 0.01, meta_lr: float = 1e-3, part: str = "all",
                  first_order: bool = False, meta_sgd: bool = False, checkpoint_inner: bool = False,
                  vmap: bool = False, query: str = "adapted", envs_per_task: int = 1, grad_clip: float | None = None,
-                 eval_shots: int = 0):
+                 eval_shots: int = 0, meta_updates: int = 1):
         self.eval_shots = int(eval_shots)
+        if int(meta_updates) < 1:
+            raise UserError(f"meta.meta_updates={meta_updates} must be at least 1.")
+        self.meta_updates = int(meta_updates)
         if query not in ("adapted", "support"):
             raise UserError(f"meta.query={query!r} is not valid; use adapted (query data collected with the "
                             "adapted parameters, MAML-RL) or support (a fresh batch of the support data).")
@@ -128,8 +131,24 @@ class MAML(MetaLearnerBase):
             self.env_steps += taken
             return {**_train_row(rows), **per_member(specs, rows, ("return",)), "env_steps": float(taken)}
 
-        self.opt.zero_grad(set_to_none=True)
         members = [self._member_data(iteration, k, spec, state) for k, spec in enumerate(specs)]
+        for u in range(self.meta_updates):
+            if u > 0:
+                for m in members:
+                    self._resample(m)
+            rows, use_vmap, gnorm = self._meta_update(members, iteration)
+        taken = sum(m["env_steps"] for m in members)
+        self.env_steps += taken
+        out = {**_train_row(rows), **per_member(specs, rows, ("return", "return_pre")),
+               **{k: v for k, v in mean_metrics(rows).items() if k.startswith("maml/")},
+               "maml/meta_grad_norm": float(gnorm), "maml/vmap": float(use_vmap), "env_steps": float(taken)}
+        if self.lrs is not None:
+            out["maml/inner_lr_mean"] = float(torch.cat([a.detach().flatten() for a in self.lrs.values()]).mean())
+        return out
+
+    def _meta_update(self, members: list[dict], iteration: int) -> tuple[list[Metrics], bool, torch.Tensor]:
+        """One outer (Adam) step from the members' current support/query batches."""
+        self.opt.zero_grad(set_to_none=True)
         use_vmap = self.vmap and self._vmap_failed is None
         with contextlib.nullcontext() if self.first_order else double_backward_kernels():
             if use_vmap:
@@ -154,14 +173,15 @@ class MAML(MetaLearnerBase):
             with torch.no_grad():
                 for a in self.lrs.values():
                     a.clamp_(min=0.0)  # a negative step size would ascend the support loss
-        taken = sum(m["env_steps"] for m in members)
-        self.env_steps += taken
-        out = {**_train_row(rows), **per_member(specs, rows, ("return", "return_pre")),
-               **{k: v for k, v in mean_metrics(rows).items() if k.startswith("maml/")},
-               "maml/meta_grad_norm": float(gnorm), "maml/vmap": float(use_vmap), "env_steps": float(taken)}
-        if self.lrs is not None:
-            out["maml/inner_lr_mean"] = float(torch.cat([a.detach().flatten() for a in self.lrs.values()]).mean())
-        return out
+        return rows, use_vmap, gnorm
+
+    def _resample(self, m: dict) -> None:
+        """Fresh support (and query) batches from a member's stored data, for the next outer step
+        on the same collected data (``meta_updates`` > 1): the query of ``query=adapted`` comes
+        from the data the adapted agent collected at the first outer step."""
+        m["support"] = sample_batches(m["agent"], self.grad_steps, m["gen"], "maml support data")
+        source = m["agent"] if self.query == "support" else m["q_agent"]
+        m["query"] = sample_batches(source, 1, m["gen"], "maml query data")[0]
 
     def _member_data(self, iteration: int, k: int, spec: TaskSpec, state: dict) -> dict[str, Any]:
         """Support (and, for query=adapted, query) data of member k: agents and batches."""
@@ -186,7 +206,7 @@ class MAML(MetaLearnerBase):
             eps, _, n = collect(q_agent, tasks, m["spec"], self.query_steps, self.ctx.seeds.seed("env_q", iteration, k),
                                 envs=self.envs_per_task, train=False)
             m["query"] = sample_batches(q_agent, 1, m["gen"], "maml query data")[0]
-        m["query_episodes"], m["env_steps"] = eps, m["env_steps"] + n
+        m["q_agent"], m["query_episodes"], m["env_steps"] = q_agent, eps, m["env_steps"] + n
 
     def _meta_grad_member(self, m: dict, iteration: int, k: int) -> Metrics:
         """Adapt, get the query loss, backpropagate (accumulating grads of theta and the rates)."""
@@ -196,7 +216,7 @@ class MAML(MetaLearnerBase):
             with isolated_rng(m["seed"] + 2):
                 adapted, sup_losses = inner_loop(loss_fn, self.theta, self.grad_steps, self.inner_rate(),
                                                  first_order=self.first_order, checkpoint=self.checkpoint_inner)
-                if self.query == "adapted":
+                if self.query == "adapted" and "q_agent" not in m:  # collected once per member
                     self._query_from_adapted(m, adapted, iteration, k)
                 with torch.no_grad():
                     pre = agent.loss(self.theta, m["query"])[0]
@@ -231,7 +251,7 @@ class MAML(MetaLearnerBase):
         theta = {n: self.theta[n] for n in names}
         with isolated_rng(members[0]["seed"] + 2):
             adapted = vmap(adapt, in_dims=(None, 0), randomness="different")(theta, support)
-            if self.query == "adapted":
+            if self.query == "adapted" and "q_agent" not in members[0]:  # collected once per member
                 for k, m in enumerate(members):
                     self._query_from_adapted(m, {n: v[k] for n, v in adapted.items()}, iteration, k)
             query = stack_batches([m["query"] for m in members])

@@ -54,6 +54,8 @@ LEARNERS = {
     #  - support_actions=random: -94/-101/-85/-87; + inner_part=head, query=support: -93/-38/-46/-49;
     #  - inner_part=head (ANIL: the outer loop meta-learns the whole model, the inner loop adapts its output
     #    layer), query=adapted: -49/-43/-44/-45 <- kept: a usable zero-shot model and no degradation with shots.
+    # 5 seeds (runs/bench/meta_adaptation_v2): MAML meta -81/-57/-60/-62 vs none+finetune -67/-40/-22/-19:
+    # meta-learning does NOT beat multi-task pretraining + fine-tuning here (it beats scratch only).
     "maml": ["meta=maml", "meta.population=4", "meta.inner_steps=100", "meta.query=adapted", "meta.grad_steps=5",
              "meta.inner_lr=0.02", "meta.meta_sgd=true", "meta.meta_lr=0.001", "meta.grad_clip=10",
              "meta.meta_updates=40", "meta.inner_part=head"],

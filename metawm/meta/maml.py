@@ -119,7 +119,7 @@ class MAML(MetaLearnerBase):
         # inner_part: the parameters the inner loop adapts (ANIL: the head); the others are meta-learned
         # by the outer loop only (a zero inner step size)
         self.fast = set(meta_params(self._agent, self.inner_part)) & set(self.theta) if self.inner_part else set(self.theta)
-        if not self.fast:
+        if self.inner_part and self.theta and not self.fast:
             raise UserError(f"meta.inner_part={self.inner_part!r} shares no parameter with meta.part={self.part!r}.")
         self.lrs = {n: torch.full_like(p, self.inner_lr, requires_grad=True) for n, p in self.theta.items()
                     if n in self.fast} if self.meta_sgd else None

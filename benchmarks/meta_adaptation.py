@@ -73,7 +73,7 @@ LEARNERS = {
 SUITES = {
     "point_nav": {"steps": 20000, "learners": ["none", "maml", "reptile"], "shots": 3, "tasks": 4, "adapt_seeds": 2},
     "cartpole_physics": {"steps": 20000, "learners": ["none", "maml", "reptile"], "shots": 3, "tasks": 4,
-                         "adapt_seeds": 2, "extra": ["task.max_episode_steps=200"]},
+                         "adapt_seeds": 2, "extra": ["+task.max_episode_steps=200"]},
     "gridworld_goals": {"steps": 30000, "learners": ["varibad", "rl2", "none"], "shots": 1, "tasks": 5,
                         "adapt_seeds": 2},
 }

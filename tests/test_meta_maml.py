@@ -137,3 +137,63 @@ def test_outer_step_learns_and_state_round_trips():
     other.load_state_dict(state)
     a, b = maml.outer_step(1), other.outer_step(1)
     assert a == b
+
+
+@pytest.mark.parametrize("query", ["support", "adapted"])
+def test_meta_updates_reuse_the_collected_data(query):
+    """meta_updates=k takes k outer steps per population on fresh batches of the same data: the
+    env-step count is that of one step (query=adapted collects its query data once), the optimizer
+    steps k times."""
+    one = MAML(population=2, inner_steps=30, inner_lr=0.05, meta_lr=1e-2, query=query)
+    one.setup(make_ctx())
+    three = MAML(population=2, inner_steps=30, inner_lr=0.05, meta_lr=1e-2, query=query, meta_updates=3)
+    three.setup(make_ctx())
+    a, b = one.outer_step(0), three.outer_step(0)
+    assert a["env_steps"] == b["env_steps"] == 2 * (30 if query == "support" else 60)
+    assert (one.opt.t, three.opt.t) == (1, 3)
+    assert all(torch.isfinite(p).all() for p in three.theta.values())
+    assert any((p - one.theta[n]).abs().max() > 0 for n, p in three.theta.items())
+    with pytest.raises(Exception, match="meta_updates"):
+        MAML(meta_updates=0)
+
+
+def test_random_support_actions_fill_the_agents_replay(monkeypatch):
+    """support_actions=random: the support episodes (meta-training, and a test task's first shot)
+    are uniformly random actions stored in the agent's replay; the agent never plans for them."""
+    maml = MAML(population=2, inner_steps=30, inner_lr=0.05, query="support", support_actions="random")
+    maml.setup(make_ctx())
+
+    def no_planning(*a, **k):
+        raise AssertionError("the agent planned a support action")
+
+    with monkeypatch.context() as m:
+        m.setattr(MPCAgent, "act", no_planning)
+        row = maml.outer_step(0)
+    assert row["env_steps"] == 60 and row["maml/query_loss"] < 1e3
+    spec = maml.ctx.tasks.sample("test", 1, maml.ctx.seeds.numpy("tasks", 1))[0]
+    agent = maml.adaptation_agent(maml.agent().state_dict(replay=False), 0)
+    rows = list(maml.adapt(agent, spec, 1, seed=0))
+    assert [r["adapted"] for r in rows] == [0.0, 1.0] and agent.size_ >= 99  # one 100-step random episode
+    with pytest.raises(Exception, match="support_actions"):
+        MAML(support_actions="greedy")
+
+
+@pytest.mark.parametrize("meta_sgd", [False, True])
+def test_inner_part_head_adapts_only_the_head_and_meta_learns_all(meta_sgd):
+    """inner_part=head (ANIL): the inner loop changes only the output layer, the outer step still
+    moves every parameter (the body through the second-order meta-gradient)."""
+    maml = MAML(population=2, inner_steps=30, inner_lr=0.05, meta_lr=1e-2, query="support", grad_steps=2,
+                inner_part="head", meta_sgd=meta_sgd)
+    maml.setup(make_ctx())
+    head = set(maml.agent().parts()["head"])
+    assert head == {"4.weight", "4.bias"} and maml.fast == head
+    before = {n: p.detach().clone() for n, p in maml.theta.items()}
+    maml.outer_step(0)
+    assert all((p - before[n]).abs().max() > 0 for n, p in maml.theta.items())
+    spec = maml.ctx.tasks.sample("test", 1, maml.ctx.seeds.numpy("tasks", 1))[0]
+    agent = maml.adaptation_agent(maml.agent().state_dict(replay=False), 0)
+    theta0 = {n: p.detach().clone() for n, p in agent.params().items()}
+    rows = list(maml.adapt(agent, spec, 1, seed=0))
+    assert rows[-1]["adapted"] == 1.0
+    changed = {n for n, p in agent.params().items() if (p - theta0[n]).abs().max() > 0}
+    assert changed == head

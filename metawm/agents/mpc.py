@@ -216,12 +216,17 @@ class MPCAgent:
 
     # -- functional access -----------------------------------------------------------------------
     def parts(self) -> dict[str, list[str]]:
-        return {"world_model": [n for n, _ in self.model.named_parameters()]}
+        """``world_model``: the whole network; ``head``: its output layer (the part an ANIL-style
+        inner loop adapts, ``meta.inner_part=head``)."""
+        names = [n for n, _ in self.model.named_parameters()]
+        last = str(len(self.model) - 1)
+        return {"world_model": names, "head": [n for n in names if n.split(".")[0] == last]}
 
     def params(self, part: str = "all") -> dict[str, torch.Tensor]:
-        if part not in ("all", "world_model"):
-            raise choices_error("MPC agent parameter part", part, ["all", "world_model"])
-        return dict(self.model.named_parameters())
+        if part not in ("all", "world_model", "head"):
+            raise choices_error("MPC agent parameter part", part, ["all", "world_model", "head"])
+        named = dict(self.model.named_parameters())
+        return named if part != "head" else {n: named[n] for n in self.parts()["head"]}
 
     # -- persistence -----------------------------------------------------------------------------
     def state_dict(self, *, replay: bool = False) -> dict[str, Any]:

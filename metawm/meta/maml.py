@@ -5,7 +5,9 @@ The meta-parameters theta are the initialization of one part of the agent (``met
 ``all``, or a name from ``agent.parts()`` such as ``world_model`` or ``actor_critic``). One outer
 step, for a population (meta-batch) of n tasks T_i from the train split:
 
-1. **Support data**: a fresh agent holding theta collects ``inner_steps`` env steps on T_i.
+1. **Support data**: a fresh agent holding theta collects ``inner_steps`` env steps on T_i
+   (``support_actions=random``: uniformly random actions do, stored in that agent's replay; at
+   test time the first shot is then a random episode, the later ones the adapted agent's).
 2. **Inner loop** (eq. 1): k = ``grad_steps`` functional gradient steps on the agent's own loss,
    ``agent.loss(params, batch)`` (``torch.func.functional_call`` inside the agent), on support
    batches: theta'_i = theta - alpha * grad L(theta; S_i), repeated k times, with the graph kept
@@ -16,7 +18,11 @@ step, for a population (meta-batch) of n tasks T_i from the train split:
    it is a fresh batch from the support data (enough when the part is a world model, whose loss is
    a model-fitting loss on any data of the task).
 4. **Outer loop** (eq. 2): theta <- theta - beta * grad_theta sum_i L(theta'_i; Q_i) / n, through
-   the inner steps, with Adam (``meta_lr``) as in the paper's experiments.
+   the inner steps, with Adam (``meta_lr``) as in the paper's experiments. ``meta_updates`` = m
+   repeats steps 2 and 4 m times per collected population on fresh batches of the same data (the
+   query data of ``query=adapted`` is collected once, at the first of them): GrBAL meta-trains on
+   a dataset of collected trajectories, and a model-fitting loss can reuse data many times, where
+   one outer step per collection leaves a fixed env-step budget with very few outer steps.
 
 Adapting the world model part from a few transitions of a new task is model-based meta-RL in the
 sense of Nagabandi, Clavera, Liu, Fearing, Abbeel, Levine, Finn, "Learning to Adapt in Dynamic,
@@ -50,6 +56,7 @@ from typing import Any, Iterator
 
 import torch
 
+from metawm.agents.random import RandomAgent
 from metawm.envs.rollout import Collector
 from metawm.infra.errors import UserError
 from metawm.meta.base import (Context, MetaLearnerBase, _shot_metrics, collect, fresh_agent, isolated_rng,
@@ -71,8 +78,17 @@ class MAML(MetaLearnerBase):
                  grad_steps: int = 1, inner_lr: float = 0.01, meta_lr: float = 1e-3, part: str = "all",
                  first_order: bool = False, meta_sgd: bool = False, checkpoint_inner: bool = False,
                  vmap: bool = False, query: str = "adapted", envs_per_task: int = 1, grad_clip: float | None = None,
-                 eval_shots: int = 0):
+                 eval_shots: int = 0, meta_updates: int = 1, support_actions: str = "agent",
+                 inner_part: str | None = None):
         self.eval_shots = int(eval_shots)
+        self.inner_part = str(inner_part) if inner_part else None
+        if support_actions not in ("agent", "random"):
+            raise UserError(f"meta.support_actions={support_actions!r} is not valid; use agent (the support episodes are "
+                            "collected by the agent with the initialization) or random (uniformly random actions).")
+        self.support_actions = support_actions
+        if int(meta_updates) < 1:
+            raise UserError(f"meta.meta_updates={meta_updates} must be at least 1.")
+        self.meta_updates = int(meta_updates)
         if query not in ("adapted", "support"):
             raise UserError(f"meta.query={query!r} is not valid; use adapted (query data collected with the "
                             "adapted parameters, MAML-RL) or support (a fresh batch of the support data).")
@@ -100,8 +116,13 @@ class MAML(MetaLearnerBase):
         super().setup(ctx)
         self._agent = ctx.make_agent(ctx.tasks.env_spec)
         self.theta = meta_params(self._agent, self.part)  # live tensors of the shared agent
-        self.lrs = {n: torch.full_like(p, self.inner_lr, requires_grad=True) for n, p in self.theta.items()} \
-            if self.meta_sgd else None
+        # inner_part: the parameters the inner loop adapts (ANIL: the head); the others are meta-learned
+        # by the outer loop only (a zero inner step size)
+        self.fast = set(meta_params(self._agent, self.inner_part)) & set(self.theta) if self.inner_part else set(self.theta)
+        if self.inner_part and self.theta and not self.fast:
+            raise UserError(f"meta.inner_part={self.inner_part!r} shares no parameter with meta.part={self.part!r}.")
+        self.lrs = {n: torch.full_like(p, self.inner_lr, requires_grad=True) for n, p in self.theta.items()
+                    if n in self.fast} if self.meta_sgd else None
         learnable = list(self.theta.values()) + (list(self.lrs.values()) if self.lrs else [])
         self.opt = Adam(learnable, lr=self.meta_lr) if learnable else None
 
@@ -109,7 +130,11 @@ class MAML(MetaLearnerBase):
         return self._agent
 
     def inner_rate(self) -> float | dict[str, torch.Tensor]:
-        return self.lrs if self.lrs is not None else self.inner_lr
+        """The inner step size: a float, or per parameter (Meta-SGD's learned rates; 0 outside inner_part)."""
+        if self.lrs is None and len(self.fast) == len(self.theta):
+            return self.inner_lr
+        rates = self.lrs if self.lrs is not None else {n: torch.tensor(self.inner_lr) for n in self.fast}
+        return {n: rates[n] if n in self.fast else torch.zeros(()) for n in self.theta}
 
     # -- one outer step --------------------------------------------------------------------------
     def outer_step(self, iteration: int) -> Metrics:
@@ -128,8 +153,24 @@ class MAML(MetaLearnerBase):
             self.env_steps += taken
             return {**_train_row(rows), **per_member(specs, rows, ("return",)), "env_steps": float(taken)}
 
-        self.opt.zero_grad(set_to_none=True)
         members = [self._member_data(iteration, k, spec, state) for k, spec in enumerate(specs)]
+        for u in range(self.meta_updates):
+            if u > 0:
+                for m in members:
+                    self._resample(m)
+            rows, use_vmap, gnorm = self._meta_update(members, iteration)
+        taken = sum(m["env_steps"] for m in members)
+        self.env_steps += taken
+        out = {**_train_row(rows), **per_member(specs, rows, ("return", "return_pre")),
+               **{k: v for k, v in mean_metrics(rows).items() if k.startswith("maml/")},
+               "maml/meta_grad_norm": float(gnorm), "maml/vmap": float(use_vmap), "env_steps": float(taken)}
+        if self.lrs is not None:
+            out["maml/inner_lr_mean"] = float(torch.cat([a.detach().flatten() for a in self.lrs.values()]).mean())
+        return out
+
+    def _meta_update(self, members: list[dict], iteration: int) -> tuple[list[Metrics], bool, torch.Tensor]:
+        """One outer (Adam) step from the members' current support/query batches."""
+        self.opt.zero_grad(set_to_none=True)
         use_vmap = self.vmap and self._vmap_failed is None
         with contextlib.nullcontext() if self.first_order else double_backward_kernels():
             if use_vmap:
@@ -154,14 +195,20 @@ class MAML(MetaLearnerBase):
             with torch.no_grad():
                 for a in self.lrs.values():
                     a.clamp_(min=0.0)  # a negative step size would ascend the support loss
-        taken = sum(m["env_steps"] for m in members)
-        self.env_steps += taken
-        out = {**_train_row(rows), **per_member(specs, rows, ("return", "return_pre")),
-               **{k: v for k, v in mean_metrics(rows).items() if k.startswith("maml/")},
-               "maml/meta_grad_norm": float(gnorm), "maml/vmap": float(use_vmap), "env_steps": float(taken)}
-        if self.lrs is not None:
-            out["maml/inner_lr_mean"] = float(torch.cat([a.detach().flatten() for a in self.lrs.values()]).mean())
-        return out
+        return rows, use_vmap, gnorm
+
+    def _resample(self, m: dict) -> None:
+        """Fresh support (and query) batches from a member's stored data, for the next outer step
+        on the same collected data (``meta_updates`` > 1): the query of ``query=adapted`` comes
+        from the data the adapted agent collected at the first outer step."""
+        m["support"] = sample_batches(m["agent"], self.grad_steps, m["gen"], "maml support data")
+        source = m["agent"] if self.query == "support" else m["q_agent"]
+        m["query"] = sample_batches(source, 1, m["gen"], "maml query data")[0]
+
+    def _support_actor(self, agent: Agent) -> Agent:
+        """Who acts in the support episodes: the agent itself, or (``support_actions=random``) a
+        uniformly random policy that stores its steps in ``agent``'s replay."""
+        return agent if self.support_actions == "agent" else RandomSupport(self.ctx.tasks.env_spec, agent)
 
     def _member_data(self, iteration: int, k: int, spec: TaskSpec, state: dict) -> dict[str, Any]:
         """Support (and, for query=adapted, query) data of member k: agents and batches."""
@@ -169,8 +216,8 @@ class MAML(MetaLearnerBase):
         tasks = self.ctx.tasks
         with isolated_rng(seed):
             agent = fresh_agent(self.ctx.make_agent, tasks.env_spec, state, seed)
-            eps, _, n = collect(agent, tasks, spec, self.inner_steps, self.ctx.seeds.seed("env", iteration, k),
-                                envs=self.envs_per_task, train=False)
+            eps, _, n = collect(self._support_actor(agent), tasks, spec, self.inner_steps,
+                                self.ctx.seeds.seed("env", iteration, k), envs=self.envs_per_task, train=False)
             gen = torch.Generator().manual_seed(seed)
             support = sample_batches(agent, self.grad_steps, gen, "maml support data")
             query_batch = sample_batches(agent, 1, gen, "maml query data")[0] if self.query == "support" else None
@@ -186,7 +233,7 @@ class MAML(MetaLearnerBase):
             eps, _, n = collect(q_agent, tasks, m["spec"], self.query_steps, self.ctx.seeds.seed("env_q", iteration, k),
                                 envs=self.envs_per_task, train=False)
             m["query"] = sample_batches(q_agent, 1, m["gen"], "maml query data")[0]
-        m["query_episodes"], m["env_steps"] = eps, m["env_steps"] + n
+        m["q_agent"], m["query_episodes"], m["env_steps"] = q_agent, eps, m["env_steps"] + n
 
     def _meta_grad_member(self, m: dict, iteration: int, k: int) -> Metrics:
         """Adapt, get the query loss, backpropagate (accumulating grads of theta and the rates)."""
@@ -196,7 +243,7 @@ class MAML(MetaLearnerBase):
             with isolated_rng(m["seed"] + 2):
                 adapted, sup_losses = inner_loop(loss_fn, self.theta, self.grad_steps, self.inner_rate(),
                                                  first_order=self.first_order, checkpoint=self.checkpoint_inner)
-                if self.query == "adapted":
+                if self.query == "adapted" and "q_agent" not in m:  # collected once per member
                     self._query_from_adapted(m, adapted, iteration, k)
                 with torch.no_grad():
                     pre = agent.loss(self.theta, m["query"])[0]
@@ -231,7 +278,7 @@ class MAML(MetaLearnerBase):
         theta = {n: self.theta[n] for n in names}
         with isolated_rng(members[0]["seed"] + 2):
             adapted = vmap(adapt, in_dims=(None, 0), randomness="different")(theta, support)
-            if self.query == "adapted":
+            if self.query == "adapted" and "q_agent" not in members[0]:  # collected once per member
                 for k, m in enumerate(members):
                     self._query_from_adapted(m, {n: v[k] for n, v in adapted.items()}, iteration, k)
             query = stack_batches([m["query"] for m in members])
@@ -254,15 +301,17 @@ class MAML(MetaLearnerBase):
         evaluation. Before the replay can give a batch the agent acts unadapted (``adapted`` = 0)."""
         tasks = self.ctx.tasks
         theta0 = {n: p.detach().clone() for n, p in meta_params(agent, self.part).items()}
-        rate = {n: a.detach() for n, a in self.lrs.items()} if self.lrs is not None else self.inner_lr
+        rate = self.inner_rate()
+        rate = {n: a.detach() for n, a in rate.items()} if isinstance(rate, dict) else rate
         gen = torch.Generator().manual_seed(seed)
         first = _shot_metrics(agent, tasks, task, 0, seed, eval_episodes_per_shot, None, 0)
         yield {**first, "adapted": 0.0}
         collector = Collector([tasks.make_env(task)], tasks.env_spec, [seed])
         clock = 0
         for k in range(1, shots + 1):
+            actor = self._support_actor(agent) if k == 1 else agent  # the first episode is the support data
             while True:
-                n, finished = collector.step(agent, explore=True)
+                n, finished = collector.step(actor, explore=True)
                 clock += n
                 if finished:
                     break
@@ -296,6 +345,17 @@ class MAML(MetaLearnerBase):
                     a.copy_(state["lrs"][n])
         if self.opt is not None and state.get("opt") is not None:
             self.opt.load_state_dict(state["opt"])
+
+
+class RandomSupport(RandomAgent):
+    """Uniformly random actions whose steps go to ``agent``'s replay (``support_actions=random``)."""
+
+    def __init__(self, env_spec, agent: Agent):
+        super().__init__(env_spec)
+        self.agent = agent
+
+    def observe(self, step) -> None:
+        self.agent.observe(step)
 
 
 def double_backward_kernels():

@@ -28,7 +28,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from omegaconf import OmegaConf
 
@@ -138,7 +138,9 @@ def _load_space(argv: list[str]) -> tuple[list[str], studylib.Space | None]:
             except Exception as e:
                 raise UserError(f"{path} is not valid YAML: {e}") from None
             space = studylib.parse_space(data, str(path))
-            out.append("sweep=" + (configlib.group_choices("sweep") or ["smoke"])[0])  # placeholder for Hydra
+            # Hydra still needs a choice for the sweep group: any shipped space composes; the
+            # space actually used is the one loaded from the file above.
+            out.append("sweep=" + (configlib.group_choices("sweep") or ["smoke"])[0])
         else:
             out.append(a)
     return out, space
@@ -477,6 +479,17 @@ def _driver_lock(plan: Plan) -> None:
     studylib.write_json(path, studylib.me("driver"))
 
 
+def _follow(study: Any, plan: Plan, alive: Callable[[], Any], default_poll_s: float) -> None:
+    """Print the study's progress line whenever it changes, while ``alive()`` (workers or jobs)."""
+    last = ""
+    while alive():
+        time.sleep(float(plan.launcher.get("poll_s", default_poll_s)))
+        line = _progress(study, plan)
+        if line != last:
+            print(f"[sweep] {line}", file=sys.stderr, flush=True)
+            last = line
+
+
 def run_local(plan: Plan, study: Any) -> list[str]:
     remaining = plan.n_trials - studylib.budget_used(study)
     running = studylib.counts(study).get("RUNNING", 0)
@@ -485,14 +498,8 @@ def run_local(plan: Plan, study: Any) -> list[str]:
         return []
     print(f"starting {n} local worker(s); logs in {plan.dir / 'logs'}", file=sys.stderr)
     workers = launch.LocalWorkers("metawm.sweep", plan.dir, n)
-    last = ""
     try:
-        while workers.running():
-            time.sleep(float(plan.launcher.get("poll_s", 2)))
-            line = _progress(study, plan)
-            if line != last:
-                print(f"[sweep] {line}", file=sys.stderr, flush=True)
-                last = line
+        _follow(study, plan, workers.running, default_poll_s=2)
     except KeyboardInterrupt:
         print("stopping workers (their trials resume when you re-run the same command) ...", file=sys.stderr)
         workers.stop()
@@ -528,14 +535,8 @@ def run_slurm(plan: Plan, study: Any) -> list[str]:
         print(f"not waiting (launcher.wait=false): re-run the same command to follow the study, or "
               f"`scancel {recorded[0].split('_')[0]}` to stop it.", file=sys.stderr)
         return ["nowait"]
-    last = ""
     try:
-        while launch.active_jobs(recorded):
-            time.sleep(float(plan.launcher.get("poll_s", 10)))
-            line = _progress(study, plan)
-            if line != last:
-                print(f"[sweep] {line}", file=sys.stderr, flush=True)
-                last = line
+        _follow(study, plan, lambda: launch.active_jobs(recorded), default_poll_s=10)
     except KeyboardInterrupt:
         print(f"stopped following; the job array keeps running. Re-run the same command to attach, or "
               f"`scancel {recorded[0].split('_')[0]}` to stop it.", file=sys.stderr)

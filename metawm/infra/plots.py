@@ -39,7 +39,7 @@ def learning_curves(metrics_path: str | Path, out: str | Path, keys: Iterable[st
         ax.grid(alpha=0.3)
     if title:
         fig.suptitle(title, fontsize=11)
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
 def curves_with_bands(xs: Sequence[float], series: dict[str, tuple[Sequence[float], Sequence[float]]],
@@ -55,13 +55,14 @@ def curves_with_bands(xs: Sequence[float], series: dict[str, tuple[Sequence[floa
     ax.legend()
     if title:
         ax.set_title(title)
-    return _save(fig, out)
+    return save_figure(fig, out)
 
 
-def _save(fig, out: str | Path) -> Path:
+def save_figure(fig, out: str | Path, dpi: int = 110) -> Path:
+    """Lay out, write (creating the folder) and close a figure; returns the path."""
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    fig.savefig(out, dpi=dpi)
     plt.close(fig)
     return out

@@ -16,6 +16,8 @@ def save_strip(path: str | Path, rows: Sequence[tuple[str, torch.Tensor]], title
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from metawm.infra.plots import save_figure
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     t = max(int(f.shape[0]) for _, f in rows)
@@ -36,10 +38,7 @@ def save_strip(path: str | Path, rows: Sequence[tuple[str, torch.Tensor]], title
                 ax.set_ylabel(label, fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=80)
 
 
 def to_frames(obs: np.ndarray) -> torch.Tensor:

@@ -10,6 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from metawm.infra.plots import save_figure  # noqa: E402
+
 
 def reconstruction(path: Path, real: np.ndarray, model: np.ndarray, context: int, image: bool,
                    title: str = "", max_frames: int = 16) -> Path:
@@ -51,7 +53,4 @@ def reconstruction(path: Path, real: np.ndarray, model: np.ndarray, context: int
         axes[0][0].legend(fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=100)

@@ -86,6 +86,11 @@ def run(cfg: DictConfig) -> tuple[dict[str, Any], RunDir]:
                         f"trained on {header.get('task')!r} with {_spec_of(run_cfg, built)}; adapt it to a suite with "
                         "the same observation and action spaces.")
     state = payload["state"]["meta"]
+    if isinstance(state, dict) and state.get("collector") is not None:
+        # The training environments mid-episode (kept for resuming the run) play no part in
+        # adaptation, and the adapt command may build its environments differently (e.g. the
+        # training run's +exp=smoke episode limit): never restore them here.
+        state = {**state, "collector": None}
     if header.get("meta") == meta.name:
         meta.load_state_dict(state)
     elif getattr(meta, "needs_meta_state", False):

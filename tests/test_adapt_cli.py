@@ -61,6 +61,16 @@ def test_a_plain_checkpoint_adapts_with_maml_and_reptile(checkpoints, tmp_path):
         assert summary["meta"] == meta and summary["checkpoint_header"]["meta"] == "none"
 
 
+def test_checkpoint_of_a_smoke_run_adapts_without_the_smoke_overrides(checkpoints, tmp_path):
+    """Adaptation starts no training episode again: the training environments held in the checkpoint
+    (here wrapped by +exp=smoke's episode limit) are not restored into the adapt command's envs."""
+    from metawm.adapt import main
+
+    assert main([f"checkpoint={checkpoints / 'none'}", "+task=point_nav", "shots=1", "seeds=1", "eval.tasks=1",
+                 "eval.episodes=1", "progress=false", f"run_dir={tmp_path / 'a'}"]) == 0
+    assert json.loads((tmp_path / "a" / "summary.json").read_text())["status"] == "complete"
+
+
 @pytest.mark.parametrize("args, message", [
     (["shots=-1"], r"shots=-1 is negative"),
     (["shots=two"], r"shots='two' is not a whole number"),

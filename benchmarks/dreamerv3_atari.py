@@ -56,6 +56,8 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench" / "dreamerv3_pong")
+    parser.add_argument("--plot-every", type=int, default=1000,
+                        help="also write the plots every N gradient steps (to plots_<N>/), so a long run shows progress")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -80,6 +82,8 @@ def main() -> int:
                 print(f"env {env_steps:>6}  updates {agent.updates:>5}  " +
                       "  ".join(f"{k.split('/')[-1]} {row[k]:8.3f}" for k in LOSSES) +
                       f"  wall {time.perf_counter() - t0:6.0f} s", flush=True)
+            if args.plot_every and agent.updates % args.plot_every == 0:
+                agent.write_plots(args.out / f"plots_{agent.updates}", env_steps)
     agent.write_plots(args.out / "plots", env_steps)
     _plot_losses(history, args.out / "losses.png")
     first, last = _window(history, 0), _window(history, -1)

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from metawm.ops.elbo import belief_kl_terms, elbo_loss, gaussian_kl, reconstruction_terms
+from metawm.ops.elbo import (belief_kl_terms, bernoulli_reconstruction_terms, elbo_loss, gaussian_kl,
+                             reconstruction_terms)
 from metawm.ops.learned_optimizer import RuleMLP, init_state, learned_step
 from metawm.meta.reptile import reptile_update
 
@@ -57,6 +58,75 @@ def test_reconstruction_and_elbo_by_hand():
     # vector targets are summed over features
     rec_v = reconstruction_terms(torch.ones(1, 1, 2, 3), torch.zeros(1, 2, 3), torch.ones(1, 2))
     torch.testing.assert_close(rec_v, torch.tensor([[3.0]]))
+
+
+def test_bernoulli_reconstruction_by_hand():
+    logits = torch.tensor([[[0.0, math.log(3.0), 5.0]]])          # B=1, E=1, J=3
+    target = torch.tensor([[1.0, 0.0, 1.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    # -log sigmoid(0) = ln 2 ; -log(1 - sigmoid(ln 3)) = -log(1/4) = ln 4 ; padding dropped
+    rec = bernoulli_reconstruction_terms(logits, target, mask)
+    torch.testing.assert_close(rec, torch.tensor([[math.log(2.0) + math.log(4.0)]]))
+
+
+def test_bernoulli_reward_decoder_targets_and_expectation():
+    from metawm.infra.errors import UserError
+    from metawm.meta.varibad import BeliefModel, VariBAD
+
+    model = BeliefModel(3, 5, latent=2, reward_inputs="next_state", reward_likelihood="bernoulli",
+                        reward_range=(-0.1, 1.0))
+    assert model.reward_decoder[0].in_features == 3 + 2               # s' and m only
+    torch.testing.assert_close(model.reward_target(torch.tensor([-0.1, 1.0, 0.45, 2.0])),
+                               torch.tensor([0.0, 1.0, 0.5, 1.0]))
+    # logit ln 3 -> p = 0.75 -> -0.1 + 0.75 * 1.1
+    torch.testing.assert_close(model.expected_reward(torch.tensor([math.log(3.0)])), torch.tensor([0.725]))
+    full = BeliefModel(3, 5, latent=2)
+    assert full.reward_decoder[0].in_features == 3 + 5 + 3 + 2
+    torch.testing.assert_close(full.expected_reward(torch.tensor([0.3])), torch.tensor([0.3]))
+    with pytest.raises(UserError, match=r"reward_range=\[low,high\]"):
+        VariBAD(reward_likelihood="bernoulli")
+    with pytest.raises(UserError, match="reward_likelihood='poisson' is not valid"):
+        VariBAD(reward_likelihood="poisson")
+    with pytest.raises(UserError, match="reward_inputs='state' is not valid"):
+        VariBAD(reward_inputs="state")
+
+
+def test_varibad_plans_with_the_decoder_of_the_roots_belief():
+    """agent=mpc gets VariBAD's reward decoder as its planning reward: at plan_samples=0 the decoder
+    at the belief mean read from the root's appended [mu, logvar]; with samples, their average."""
+    import gymnasium as gym
+
+    from metawm.agents.mpc import MPCAgent
+    from metawm.agents.random import RandomAgent
+    from metawm.meta.varibad import BeliefAgent, BeliefModel, augmented_spec
+    from metawm.types import EnvSpec
+
+    torch.manual_seed(0)
+    base = EnvSpec(gym.spaces.Box(0, 4, (3,), np.float32), gym.spaces.Discrete(5))
+    model = BeliefModel(3, 5, latent=2, decoder_hidden=8, decode_state=False, reward_inputs="next_state",
+                        reward_likelihood="bernoulli", reward_range=(-0.1, 1.0))
+    spec = augmented_spec(base, 2, "vae", False)
+    mpc = MPCAgent(spec, torch.device("cpu"), size="tiny")
+    assert mpc.reward_fn is None
+    BeliefAgent(mpc, model, base, False, torch.device("cpu"), plan_samples=0)
+    assert mpc.reward_fn is not None
+    root = torch.tensor([[1.0, 2.0, 0.0, 0.5, -0.5, 0.0, 0.0]])       # s, mu, logvar
+    s_next = torch.tensor([[3.0, 1.0, 0.2, 9.0, 9.0, 9.0, 9.0]])     # its belief part is ignored
+    a = torch.nn.functional.one_hot(torch.tensor([2]), 5).float()
+    want = -0.1 + 1.1 * torch.sigmoid(model.reward_decoder(torch.tensor([[3.0, 1.0, 0.2, 0.5, -0.5]])))[:, 0]
+    torch.testing.assert_close(mpc.reward_fn(root, root, a, s_next), want)
+    # with samples: the Monte-Carlo average over beliefs; a near-zero variance gives the mean's value
+    sampled = BeliefAgent(mpc, model, base, False, torch.device("cpu"), plan_samples=16)
+    sharp = root.clone()
+    sharp[:, 5:] = -30.0
+    torch.testing.assert_close(sampled.planning_reward(sharp, sharp, a, s_next), want)
+    wide = root.clone()
+    wide[:, 5:] = 4.0
+    assert not torch.allclose(sampled.planning_reward(wide, wide, a, s_next), want)
+    # an agent without an outside reward model is left alone
+    other = RandomAgent(spec, torch.device("cpu"))
+    BeliefAgent(other, model, base, False, torch.device("cpu"), plan_samples=8)
+    assert not hasattr(other, "reward_fn")
 
 
 def test_vae_loss_trains_the_belief_to_separate_tasks():
@@ -139,6 +209,32 @@ def test_population_members_give_the_same_result_inline_and_in_processes():
         for n in x.params:
             torch.testing.assert_close(x.params[n], y.params[n], atol=0, rtol=0)
     assert any((a[0].params[n] - a[1].params[n]).abs().max() > 0 for n in a[0].params)  # members differ
+
+
+def test_mpc_warm_start_keeps_the_shifted_best_plan():
+    """With warm_start the carry is the chosen plan, and the next step's candidate 0 is that plan
+    shifted by one: with a single candidate the agent follows its previous plan step by step."""
+    from metawm.agents.mpc import MPCAgent
+    from metawm.tasks import load_suite
+
+    torch.manual_seed(0)
+    spec = load_suite("gridworld_goals").env_spec
+    agent = MPCAgent(spec, size="tiny", candidates=64, horizon=5, warm_start=True)
+    agent.updates = 1                                   # plan with the (untrained) model, not at random
+    agent.reward_fn = lambda root, s, a, s_next: a[:, 3]  # reward 1 for action 3 ("down"), else 0
+    step = {"obs": np.zeros((1, 3), np.float32), "is_first": np.array([True])}
+    carry = agent.initial_carry(1)
+    assert carry.shape == (1, 0)
+    action, carry = agent.act(step, carry, explore=False)
+    assert carry.shape == (1, 5) and int(action[0]) == int(carry[0, 0])
+    best = carry.clone()
+    agent.candidates = 1
+    for k in range(1, 5):
+        action, carry = agent.act({**step, "is_first": np.array([False])}, carry, explore=False)
+        assert int(action[0]) == int(best[0, k])
+    # without warm_start there is no carry
+    plain = MPCAgent(spec, size="tiny")
+    assert plain.initial_carry(2) is None
 
 
 def test_mpc_agent_pairs_steps_into_transitions():

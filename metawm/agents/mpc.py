@@ -6,7 +6,10 @@ ICLR 2019) meta-train: a feed-forward network predicts, from an observation and 
 change of the observation, the reward and the probability that the episode terminates; actions
 come from model-predictive control by random shooting (``candidates`` random action sequences of
 ``horizon`` steps rolled through the model, the first action of the best one is taken, replanned
-every step).
+every step). With ``warm_start`` the previous step's best sequence, shifted by one step, is one of
+the candidates (the warm start of PETS' CEM, Chua et al. NeurIPS 2018, and MPPI, Williams et al.
+ICRA 2017), so a plan to a far target, once found, is kept and refined instead of being searched
+for again from scratch; the plan is the agent's carry.
 
 Why it is in metawm: it is a *real* world-model agent that learns the vector suites
 (``point_nav``, ``cartpole_physics``, ``gridworld_goals``) in hundreds to a few thousand env steps
@@ -28,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
@@ -62,7 +65,8 @@ class MPCAgent:
                  hidden: int | None = None, layers: int | None = None, candidates: int | None = None,
                  horizon: int | None = None, discount: float = 0.99, lr: float = 1e-3, batch_size: int = 64,
                  train_ratio: float = 0.5, train_after: int | None = None, replay_capacity: int = 100_000,
-                 explore_eps: float = 0.1, explore_noise: float = 0.3, term_scale: float = 1.0):
+                 explore_eps: float = 0.1, explore_noise: float = 0.3, term_scale: float = 1.0,
+                 warm_start: bool = False):
         if env_spec.is_image:
             raise UserError(f"agent=mpc plans with a vector world model and takes vector observations Box(shape=(D,)); "
                             f"this task has {env_spec.describe()}. Use agent=dreamerv3 for image suites.")
@@ -76,6 +80,7 @@ class MPCAgent:
         self.discount, self.lr, self.batch_size = float(discount), float(lr), int(batch_size)
         self.train_ratio, self.train_after = float(train_ratio), int(train_after if train_after is not None else p.train_after)
         self.explore_eps, self.explore_noise, self.term_scale = float(explore_eps), float(explore_noise), float(term_scale)
+        self.warm_start = bool(warm_start)
         self.obs_dim = int(env_spec.obs_space.shape[0])
         self.act_dim = env_spec.num_actions
         dims = [self.obs_dim + self.act_dim] + [self.hidden] * self.layers
@@ -91,6 +96,11 @@ class MPCAgent:
         self.size_, self.pos = 0, 0
         self._last: dict[str, np.ndarray] | None = None
         self.updates, self.ratio_start, self.ratio_updates = 0, None, 0
+        # An outside reward model for planning (None: the network's own reward head). Called as
+        # reward_fn(root, s, a, s_next) on flat (n * candidates, ...) tensors, ``root`` the observation
+        # planning started from, ``a`` one-hot (discrete) or the action; returns rewards (n * candidates,).
+        # VariBAD installs its belief-conditioned reward decoder here (metawm/meta/varibad.py).
+        self.reward_fn: Callable[..., torch.Tensor] | None = None
 
     def _shapes(self) -> dict[str, tuple]:
         act = () if self.env_spec.is_discrete else (self.act_dim,)
@@ -122,31 +132,43 @@ class MPCAgent:
         return t["dyn"] + t["rew"] + self.term_scale * t["term"], {}
 
     # -- acting ----------------------------------------------------------------------------------
-    def initial_carry(self, n: int) -> None:
-        return None
+    def initial_carry(self, n: int) -> torch.Tensor | None:
+        """None, or with ``warm_start`` the last best plan per env (none yet: an empty (n, 0) tensor)."""
+        return torch.zeros(n, 0, device=self.device) if self.warm_start else None
+
+    def _candidates(self, n: int) -> torch.Tensor:
+        N, H = self.candidates, self.horizon
+        if self.env_spec.is_discrete:
+            return torch.randint(self.act_dim, (n, N, H), device=self.device)
+        return torch.rand(n, N, H, self.act_dim, device=self.device) * 2 - 1
 
     @torch.no_grad()
-    def act(self, step: Step, carry: None, *, explore: bool) -> tuple[np.ndarray, None]:
+    def act(self, step: Step, carry: torch.Tensor | None, *, explore: bool) -> tuple[np.ndarray, torch.Tensor | None]:
         n = len(step["is_first"])
         if not self._fitted():  # the untouched initial model: act at random
             return self._random(n), carry
         obs = torch.as_tensor(step["obs"], dtype=torch.float32, device=self.device)
         N, H = self.candidates, self.horizon
-        if self.env_spec.is_discrete:
-            seqs = torch.randint(self.act_dim, (n, N, H), device=self.device)
-        else:
-            seqs = torch.rand(n, N, H, self.act_dim, device=self.device) * 2 - 1
+        seqs = self._candidates(n)
+        if self.warm_start and carry is not None and carry.shape[:2] == (n, H):
+            # candidate 0: last step's best plan shifted by one, its new last action drawn at random
+            seqs[:, 0, :-1] = carry[:, 1:].to(seqs.dtype)
         s = obs[:, None].expand(n, N, self.obs_dim).reshape(n * N, self.obs_dim)
+        root = s
         flat = seqs.reshape(n * N, H, *seqs.shape[3:])
         ret = torch.zeros(n * N, device=self.device)
         alive = torch.ones(n * N, device=self.device)
         for h in range(H):
             delta, r, term = self._predict(None, s, flat[:, h])
-            ret = ret + (self.discount ** h) * alive * symexp(r)
+            r = symexp(r) if self.reward_fn is None else self.reward_fn(root, s, self._action_vec(flat[:, h]), s + delta)
+            ret = ret + (self.discount ** h) * alive * r
             alive = alive * (1 - torch.sigmoid(term))
             s = s + delta
         best = ret.reshape(n, N).argmax(-1)
-        first = seqs[torch.arange(n), best, 0]
+        plan = seqs[torch.arange(n), best]
+        if self.warm_start:
+            carry = plan
+        first = plan[:, 0]
         if self.env_spec.is_discrete:
             if explore:
                 rand = torch.rand(n, device=self.device) < self.explore_eps

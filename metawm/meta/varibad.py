@@ -50,7 +50,8 @@ from metawm.infra.errors import UserError
 from metawm.meta.base import (Context, MetaLearnerBase, fresh_agent, isolated_rng, mean_metrics, shot_row,
                               summarize_episodes)
 from metawm.ops.adam import Adam
-from metawm.ops.elbo import belief_kl_terms, elbo_loss, reconstruction_terms, reparameterize
+from metawm.ops.elbo import (belief_kl_terms, bernoulli_reconstruction_terms, elbo_loss, reconstruction_terms,
+                             reparameterize)
 from metawm.protocols import Agent
 from metawm.types import EnvSpec, Metrics, Step, TaskSpec
 
@@ -64,13 +65,17 @@ def _mlp(i: int, h: int, o: int) -> nn.Sequential:
 
 class BeliefModel(nn.Module):
     def __init__(self, obs_dim: int, act_dim: int, latent: int = 5, hidden: int = 64, embed: int = 16,
-                 decoder_hidden: int = 64, decode_state: bool = True):
+                 decoder_hidden: int = 64, decode_state: bool = True, reward_inputs: str = "transition",
+                 reward_likelihood: str = "gaussian", reward_range: Sequence[float] | None = None):
         super().__init__()
         self.obs_dim, self.act_dim, self.latent, self.hidden = obs_dim, act_dim, latent, hidden
+        self.reward_inputs, self.reward_likelihood = reward_inputs, reward_likelihood
+        self.reward_range = (float(reward_range[0]), float(reward_range[1])) if reward_range is not None else None
         self.s_emb, self.a_emb, self.r_emb = nn.Linear(obs_dim, embed), nn.Linear(act_dim, embed), nn.Linear(1, embed)
         self.gru = nn.GRU(3 * embed, hidden, batch_first=True)
         self.head = nn.Linear(hidden, 2 * latent)
-        self.reward_decoder = _mlp(2 * obs_dim + act_dim + latent, decoder_hidden, 1)
+        rew_in = obs_dim if reward_inputs == "next_state" else 2 * obs_dim + act_dim
+        self.reward_decoder = _mlp(rew_in + latent, decoder_hidden, 1)
         self.state_decoder = _mlp(obs_dim + act_dim + latent, decoder_hidden, obs_dim) if decode_state else None
 
     def _inputs(self, prev_action: torch.Tensor, reward: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
@@ -93,11 +98,31 @@ class BeliefModel(nn.Module):
         hs, _ = self.gru(self._inputs(act, rew, obs[:, 1:]), h0)
         return self.belief(torch.cat([h0.transpose(0, 1), hs], 1))
 
+    def reward_features(self, s_prev: torch.Tensor, act: torch.Tensor, s_next: torch.Tensor) -> torch.Tensor:
+        """The reward decoder's transition input: (s, a, s') or, with ``reward_inputs=next_state``, s'
+        alone (the authors' gridworld setting ``input_prev_state=False input_action=False``)."""
+        return s_next if self.reward_inputs == "next_state" else torch.cat([s_prev, act, s_next], -1)
+
     def decode_reward(self, s_prev, act, s_next, m) -> torch.Tensor:
-        """s_prev, s_next (B, J, D), act (B, J, A), m (B, E, Z) -> predicted rewards (B, E, J)."""
+        """s_prev, s_next (B, J, D), act (B, J, A), m (B, E, Z) -> decoder outputs (B, E, J): the
+        reward's mean (gaussian) or the logit of the high reward (bernoulli); see :meth:`expected_reward`."""
         E, J = m.shape[1], s_prev.shape[1]
-        x = torch.cat([s_prev, act, s_next], -1)[:, None].expand(-1, E, J, -1)
+        x = self.reward_features(s_prev, act, s_next)[:, None].expand(-1, E, J, -1)
         return self.reward_decoder(torch.cat([x, m[:, :, None].expand(-1, E, J, -1)], -1))[..., 0]
+
+    def expected_reward(self, out: torch.Tensor) -> torch.Tensor:
+        """Decoder output -> E[r | s, a, s', m]: the mean itself, or lo + sigmoid(logit) * (hi - lo)."""
+        if self.reward_likelihood == "bernoulli":
+            lo, hi = self.reward_range
+            return lo + torch.sigmoid(out) * (hi - lo)
+        return out
+
+    def reward_target(self, rew: torch.Tensor) -> torch.Tensor:
+        """Rewards as the decoder's targets: themselves, or (bernoulli) (r - lo) / (hi - lo) in [0, 1]."""
+        if self.reward_likelihood == "bernoulli":
+            lo, hi = self.reward_range
+            return ((rew - lo) / (hi - lo)).clamp(0.0, 1.0)
+        return rew
 
     def decode_state(self, s_prev, act, m) -> torch.Tensor:
         """(B, J, D), (B, J, A), (B, E, Z) -> predicted next states (B, E, J, D)."""
@@ -136,7 +161,8 @@ def vae_loss(model: BeliefModel, batch: Mapping[str, torch.Tensor], *, elbo_samp
     J = _subset(T, decode_samples, gen, obs.device)
     m = reparameterize(mu[:, E], logvar[:, E])
     s_prev, s_next, a, tmask = obs[:, :-1][:, J], obs[:, 1:][:, J], act[:, J], batch["trans_mask"][:, J]
-    rec_rew = reconstruction_terms(model.decode_reward(s_prev, a, s_next, m), rew[:, J], tmask)
+    terms = bernoulli_reconstruction_terms if model.reward_likelihood == "bernoulli" else reconstruction_terms
+    rec_rew = terms(model.decode_reward(s_prev, a, s_next, m), model.reward_target(rew[:, J]), tmask)
     rec = rew_weight * rec_rew
     metrics = {"vae/rew_nll": rec_rew}
     if model.state_decoder is not None:
@@ -177,7 +203,7 @@ class BeliefAgent:
     [obs, mu, logvar] (+ [a_{t-1}, r_t] with ``rl2_inputs``); records trajectories for the VAE."""
 
     def __init__(self, inner: Agent, model: BeliefModel | None, base_spec: EnvSpec, rl2_inputs: bool,
-                 device: torch.device):
+                 device: torch.device, plan_samples: int | None = None):
         self.inner, self.model, self.base_spec, self.rl2_inputs = inner, model, base_spec, rl2_inputs
         self.env_spec = inner.env_spec
         self.device = device
@@ -188,6 +214,30 @@ class BeliefAgent:
         self._partial: list[dict[str, list] | None] = []
         self._pending: np.ndarray | None = None
         self.name = getattr(inner, "name", "agent")
+        self.plan_samples = plan_samples
+        if plan_samples is not None and model is not None and hasattr(inner, "reward_fn"):
+            inner.reward_fn = self.planning_reward  # only a planner that takes an outside reward model
+
+    @torch.no_grad()
+    def planning_reward(self, root: torch.Tensor, s: torch.Tensor, a: torch.Tensor, s_next: torch.Tensor) -> torch.Tensor:
+        """The reward a planning agent (agent=mpc) sees in imagination: VariBAD's reward decoder
+        p(r | s, a, s', m) averaged over ``plan_samples`` beliefs m ~ q(m | tau_{:t}) of the state
+        planning started from (its [mu, logvar] are the appended part of ``root``; 0 samples: m = mu).
+        This is the posterior predictive reward of the task given what the agent has seen, so a
+        planner maximising it goes where the belief says reward is likely and, on unvisited cells,
+        explores (the paper trains a policy on the belief with RL instead; with a planner the
+        decoder is the belief-conditioned reward model it needs)."""
+        model = self.model
+        D, Z = model.obs_dim, model.latent
+        mu, logvar = root[:, D:D + Z], root[:, D + Z:D + 2 * Z]
+        x = model.reward_features(s[:, :D], a, s_next[:, :D])
+        if not self.plan_samples:
+            return model.expected_reward(model.reward_decoder(torch.cat([x, mu], -1))[:, 0])
+        K = int(self.plan_samples)
+        eps = torch.randn(K, *mu.shape, device=mu.device)
+        m = mu[None] + (0.5 * logvar[None]).exp() * eps
+        out = model.reward_decoder(torch.cat([x[None].expand(K, -1, -1), m], -1))[..., 0]
+        return model.expected_reward(out).mean(0)
 
     def _action_vec(self, action: np.ndarray) -> torch.Tensor:
         a = torch.as_tensor(np.asarray(action), device=self.device)
@@ -285,20 +335,34 @@ class VariBAD(MetaLearnerBase):
                  decode_state: bool = True, vae_lr: float = 1e-3, vae_batch: int = 16, vae_updates: int = 8,
                  vae_buffer: int = 1000, elbo_samples: int | None = None, decode_samples: int | None = None,
                  kl_weight: float = 1.0, rew_weight: float = 1.0, state_weight: float = 1.0,
-                 adapt_persist: bool = False):
+                 adapt_persist: bool = False, plan_with_decoder: bool = True, plan_samples: int = 8,
+                 reward_inputs: str = "transition", reward_likelihood: str = "gaussian",
+                 reward_range: Sequence[float] | None = None):
         if encoder not in ("vae", "none"):
             raise UserError(f"meta.encoder={encoder!r} is not valid; use vae (VariBAD) or none (no belief; with "
                             "meta.rl2_inputs=true an RL^2-style baseline).")
+        if reward_inputs not in ("transition", "next_state"):
+            raise UserError(f"meta.reward_inputs={reward_inputs!r} is not valid; use transition (the decoder sees s, a, "
+                            "s') or next_state (s' only).")
+        if reward_likelihood not in ("gaussian", "bernoulli"):
+            raise UserError(f"meta.reward_likelihood={reward_likelihood!r} is not valid; use gaussian or bernoulli.")
+        if reward_likelihood == "bernoulli":
+            if reward_range is None or len(reward_range) != 2 or not float(reward_range[1]) > float(reward_range[0]):
+                raise UserError(f"meta.reward_likelihood=bernoulli needs meta.reward_range=[low,high] with high > low "
+                                f"(the two reward values, e.g. [-0.1,1.0] on gridworld_goals); got {reward_range}.")
+            reward_range = [float(reward_range[0]), float(reward_range[1])]
         self.population, self.inner_steps = int(population), int(inner_steps)
         self.encoder, self.rl2_inputs = encoder, bool(rl2_inputs)
         self.dims = dict(latent=int(latent), hidden=int(hidden), embed=int(embed), decoder_hidden=int(decoder_hidden),
-                         decode_state=bool(decode_state))
+                         decode_state=bool(decode_state), reward_inputs=str(reward_inputs),
+                         reward_likelihood=str(reward_likelihood), reward_range=reward_range)
         self.vae_lr, self.vae_batch, self.vae_updates = float(vae_lr), int(vae_batch), int(vae_updates)
         self.vae_buffer = int(vae_buffer)
         self.elbo_samples = int(elbo_samples) if elbo_samples else None
         self.decode_samples = int(decode_samples) if decode_samples else None
         self.weights = dict(kl_weight=float(kl_weight), rew_weight=float(rew_weight), state_weight=float(state_weight))
         self.adapt_persist = bool(adapt_persist)
+        self.plan_with_decoder, self.plan_samples = bool(plan_with_decoder), int(plan_samples)
         self.env_steps, self.episodes_started = 0, 0
         self.collector: Collector | None = None
         self.specs: list[TaskSpec] = []
@@ -312,7 +376,7 @@ class VariBAD(MetaLearnerBase):
             self.model = BeliefModel(int(base.obs_space.shape[0]), base.num_actions, **self.dims).to(ctx.device) \
                 if self.encoder == "vae" else None
         self.opt = Adam(self.model.parameters(), lr=self.vae_lr) if self.model is not None else None
-        self.belief_agent = BeliefAgent(inner, self.model, base, self.rl2_inputs, ctx.device)
+        self.belief_agent = BeliefAgent(inner, self.model, base, self.rl2_inputs, ctx.device, self._plan_samples(inner))
         self.gen = torch.Generator().manual_seed(ctx.seeds.seed("vae_batches"))
 
     def agent(self) -> Agent:
@@ -383,8 +447,15 @@ class VariBAD(MetaLearnerBase):
             all_eps += _belief_episodes(agent, self.ctx.tasks, spec, episodes, seed + 104729 * k)
         return {**summarize_episodes(all_eps, prefix), **_sub_episode_means(all_eps, prefix)}
 
+    def _plan_samples(self, inner: Agent) -> int | None:
+        """Belief samples for planning with the reward decoder, or None: only a planning agent that
+        takes an outside reward model (``reward_fn``, agent=mpc) plans with it, when asked to."""
+        ok = self.plan_with_decoder and self.model is not None and hasattr(inner, "reward_fn")
+        return self.plan_samples if ok else None
+
     def _frozen(self, inner: Agent) -> BeliefAgent:
-        a = BeliefAgent(inner, self.model, self.ctx.tasks.env_spec, self.rl2_inputs, self.ctx.device)
+        a = BeliefAgent(inner, self.model, self.ctx.tasks.env_spec, self.rl2_inputs, self.ctx.device,
+                        self._plan_samples(inner))
         a.record = False
         return a
 

@@ -43,6 +43,16 @@ def reconstruction_terms(pred: torch.Tensor, target: torch.Tensor, mask: torch.T
     return (err * mask[:, None]).sum(-1)
 
 
+def bernoulli_reconstruction_terms(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Negative log-likelihood of targets in [0, 1] under Bernoulli decoders (VariBAD's
+    ``rew_pred_type=bernoulli`` for rewards with two values, e.g. the gridworld's goal / not goal):
+    binary cross-entropy of every decoded transition j from every belief sample e, summed over j
+    with the padding masked out: logits (B, E, J), target (B, J), mask (B, J) -> (B, E)."""
+    nll = torch.nn.functional.binary_cross_entropy_with_logits(
+        logits, target[:, None].expand_as(logits), reduction="none")
+    return (nll * mask[:, None]).sum(-1)
+
+
 def elbo_loss(rec: torch.Tensor, kl: torch.Tensor, belief_mask: torch.Tensor, kl_weight: float = 1.0) -> torch.Tensor:
     """The negative ELBO averaged over beliefs and trajectories: rec (B, E) reconstruction NLL of
     the whole trajectory from each of E beliefs, kl (B, E) their KL terms, belief_mask (B, E)

@@ -71,7 +71,10 @@ LEARNERS = {
     "rl2": ["meta=varibad", "meta.encoder=none", "meta.rl2_inputs=true", "meta.population=4", "meta.inner_steps=400"],
 }
 SUITES = {
-    "point_nav": {"steps": 20000, "learners": ["none", "maml", "reptile"], "shots": 3, "tasks": 4, "adapt_seeds": 2},
+    "point_nav": {"steps": 20000, "learners": ["none", "maml", "reptile", "varibad"], "shots": 3, "tasks": 4,
+                  "adapt_seeds": 2,
+                  # VariBAD's shots: the belief carries over from one adaptation episode to the next
+                  "learner_extra": {"varibad": ["meta.adapt_persist=true"]}},
     "cartpole_physics": {"steps": 20000, "learners": ["none", "maml", "reptile"], "shots": 3, "tasks": 4,
                          "adapt_seeds": 2, "extra": ["+task.max_episode_steps=200"]},
     "gridworld_goals": {"steps": 30000, "learners": ["varibad", "rl2", "none"], "shots": 1, "tasks": 5,
@@ -97,7 +100,7 @@ def one(root: Path, suite: str, learner: str, seed: int, quick: bool) -> dict | 
     if not (train_dir / "summary.json").exists() or json.loads((train_dir / "summary.json").read_text()).get("status") != "complete":
         t0 = time.time()
         rc = run([sys.executable, "-m", "metawm.train", f"+task={suite}", *AGENT, *LEARNERS[learner], *COMMON,
-                  *cfg.get("extra", []), f"steps={steps}", f"eval.every={steps // 4}", f"checkpoint_every={steps // 4}",
+                  *cfg.get("extra", []), *cfg.get("learner_extra", {}).get(learner, []), f"steps={steps}", f"eval.every={steps // 4}", f"checkpoint_every={steps // 4}",
                   f"seed={seed}", f"run_dir={train_dir}"], log)
         print(f"train {suite} {learner} s{seed}: rc={rc} {time.time() - t0:.0f}s", flush=True)
         if rc != 0:

@@ -25,7 +25,8 @@ def test_every_learner_and_suite_override_composes(suite):
     ma = load_script()
     extra = ma.SUITES[suite].get("extra", [])
     for learner in ma.SUITES[suite]["learners"]:
-        cfg = configlib.compose("train", [f"+task={suite}", *ma.AGENT, *ma.LEARNERS[learner], *ma.COMMON, *extra])
+        own = ma.SUITES[suite].get("learner_extra", {}).get(learner, [])
+        cfg = configlib.compose("train", [f"+task={suite}", *ma.AGENT, *ma.LEARNERS[learner], *ma.COMMON, *extra, *own])
         assert cfg.task.name == suite
     if suite == "cartpole_physics":
         assert cfg.task.max_episode_steps == 200

@@ -89,11 +89,14 @@ def test_bernoulli_reward_decoder_targets_and_expectation():
         VariBAD(reward_likelihood="poisson")
     with pytest.raises(UserError, match="reward_inputs='state' is not valid"):
         VariBAD(reward_inputs="state")
+    with pytest.raises(UserError, match="plan_belief='thompson' is not valid"):
+        VariBAD(plan_belief="thompson")
 
 
 def test_varibad_plans_with_the_decoder_of_the_roots_belief():
-    """agent=mpc gets VariBAD's reward decoder as its planning reward: at plan_samples=0 the decoder
-    at the belief mean read from the root's appended [mu, logvar]; with samples, their average."""
+    """agent=mpc gets VariBAD's reward decoder as its planning reward, under beliefs read from the
+    root's appended [mu, logvar]: at the mean, averaged over samples, or one sample per environment,
+    the same for every candidate of that environment."""
     import gymnasium as gym
 
     from metawm.agents.mpc import MPCAgent
@@ -108,24 +111,31 @@ def test_varibad_plans_with_the_decoder_of_the_roots_belief():
     spec = augmented_spec(base, 2, "vae", False)
     mpc = MPCAgent(spec, torch.device("cpu"), size="tiny")
     assert mpc.reward_fn is None
-    BeliefAgent(mpc, model, base, False, torch.device("cpu"), plan_samples=0)
+    BeliefAgent(mpc, model, base, False, torch.device("cpu"), plan=("mean", 1))
     assert mpc.reward_fn is not None
-    root = torch.tensor([[1.0, 2.0, 0.0, 0.5, -0.5, 0.0, 0.0]])       # s, mu, logvar
+    root = torch.tensor([[1.0, 2.0, 0.0, 0.5, -0.5, 0.0, 0.0]])       # s, mu, logvar; n = 1
     s_next = torch.tensor([[3.0, 1.0, 0.2, 9.0, 9.0, 9.0, 9.0]])     # its belief part is ignored
     a = torch.nn.functional.one_hot(torch.tensor([2]), 5).float()
     want = -0.1 + 1.1 * torch.sigmoid(model.reward_decoder(torch.tensor([[3.0, 1.0, 0.2, 0.5, -0.5]])))[:, 0]
-    torch.testing.assert_close(mpc.reward_fn(root, root, a, s_next), want)
-    # with samples: the Monte-Carlo average over beliefs; a near-zero variance gives the mean's value
-    sampled = BeliefAgent(mpc, model, base, False, torch.device("cpu"), plan_samples=16)
-    sharp = root.clone()
-    sharp[:, 5:] = -30.0
-    torch.testing.assert_close(sampled.planning_reward(sharp, sharp, a, s_next), want)
-    wide = root.clone()
-    wide[:, 5:] = 4.0
-    assert not torch.allclose(sampled.planning_reward(wide, wide, a, s_next), want)
+    torch.testing.assert_close(mpc.reward_fn(root, 1)(root, a, s_next), want)
+    # average / sample: a near-zero variance gives the mean's value; a wide one does not
+    sharp, wide = root.clone(), root.clone()
+    sharp[:, 5:], wide[:, 5:] = -30.0, 4.0
+    for mode in ("average", "sample"):
+        agent = BeliefAgent(mpc, model, base, False, torch.device("cpu"), plan=(mode, 16))
+        torch.testing.assert_close(agent.planning_reward(sharp, 1)(sharp, a, s_next), want)
+        assert not torch.allclose(agent.planning_reward(wide, 1)(wide, a, s_next), want)
+    # sample: every candidate of one env is scored under the same belief draw (common random numbers),
+    # and two envs get different draws
+    two = torch.cat([wide, wide])
+    r = BeliefAgent(mpc, model, base, False, torch.device("cpu"), plan=("sample", 1)).planning_reward(two, 3)(
+        two.repeat_interleave(3, 0), a.expand(6, -1), s_next.expand(6, -1))
+    torch.testing.assert_close(r[:3], r[:1].expand(3))
+    torch.testing.assert_close(r[3:], r[3:4].expand(3))
+    assert not torch.allclose(r[0], r[3])
     # an agent without an outside reward model is left alone
     other = RandomAgent(spec, torch.device("cpu"))
-    BeliefAgent(other, model, base, False, torch.device("cpu"), plan_samples=8)
+    BeliefAgent(other, model, base, False, torch.device("cpu"), plan=("average", 8))
     assert not hasattr(other, "reward_fn")
 
 
@@ -221,7 +231,7 @@ def test_mpc_warm_start_keeps_the_shifted_best_plan():
     spec = load_suite("gridworld_goals").env_spec
     agent = MPCAgent(spec, size="tiny", candidates=64, horizon=5, warm_start=True)
     agent.updates = 1                                   # plan with the (untrained) model, not at random
-    agent.reward_fn = lambda root, s, a, s_next: a[:, 3]  # reward 1 for action 3 ("down"), else 0
+    agent.reward_fn = lambda obs, n: lambda s, a, s_next: a[:, 3]  # reward 1 for action 3 ("down"), else 0
     step = {"obs": np.zeros((1, 3), np.float32), "is_first": np.array([True])}
     carry = agent.initial_carry(1)
     assert carry.shape == (1, 0)

@@ -96,11 +96,12 @@ class MPCAgent:
         self.size_, self.pos = 0, 0
         self._last: dict[str, np.ndarray] | None = None
         self.updates, self.ratio_start, self.ratio_updates = 0, None, 0
-        # An outside reward model for planning (None: the network's own reward head). Called as
-        # reward_fn(root, s, a, s_next) on flat (n * candidates, ...) tensors, ``root`` the observation
-        # planning started from, ``a`` one-hot (discrete) or the action; returns rewards (n * candidates,).
-        # VariBAD installs its belief-conditioned reward decoder here (metawm/meta/varibad.py).
-        self.reward_fn: Callable[..., torch.Tensor] | None = None
+        # An outside reward model for planning (None: the network's own reward head). A factory, called
+        # once per planning step as reward_fn(obs, candidates) with the (n, D) observations planning
+        # starts from; it returns r(s, a, s_next) -> rewards on flat (n * candidates, ...) tensors
+        # (env-major), ``a`` one-hot (discrete) or the action. VariBAD installs its belief-conditioned
+        # reward decoder here (metawm/meta/varibad.py).
+        self.reward_fn: Callable[[torch.Tensor, int], Callable[..., torch.Tensor]] | None = None
 
     def _shapes(self) -> dict[str, tuple]:
         act = () if self.env_spec.is_discrete else (self.act_dim,)
@@ -154,13 +155,13 @@ class MPCAgent:
             # candidate 0: last step's best plan shifted by one, its new last action drawn at random
             seqs[:, 0, :-1] = carry[:, 1:].to(seqs.dtype)
         s = obs[:, None].expand(n, N, self.obs_dim).reshape(n * N, self.obs_dim)
-        root = s
+        outside = self.reward_fn(obs, N) if self.reward_fn is not None else None
         flat = seqs.reshape(n * N, H, *seqs.shape[3:])
         ret = torch.zeros(n * N, device=self.device)
         alive = torch.ones(n * N, device=self.device)
         for h in range(H):
             delta, r, term = self._predict(None, s, flat[:, h])
-            r = symexp(r) if self.reward_fn is None else self.reward_fn(root, s, self._action_vec(flat[:, h]), s + delta)
+            r = symexp(r) if outside is None else outside(s, self._action_vec(flat[:, h]), s + delta)
             ret = ret + (self.discount ** h) * alive * r
             alive = alive * (1 - torch.sigmoid(term))
             s = s + delta

@@ -17,6 +17,12 @@ The story:
    and *detached* (the paper's default: the RL loss does not train the encoder). A world-model
    agent thus models and plans in the belief-augmented space: its world model and its policy are
    both conditioned on the belief. It trains with its own ``update`` on its own replay.
+   A *planning* agent (``agent=mpc``) plans with VariBAD's reward decoder instead of its own
+   reward head (``plan_with_decoder``): the imagined reward is E[r | s, a, s', m] under beliefs
+   m ~ q(m | tau_{:t}) of the state planning starts from - averaged over ``plan_samples`` of them
+   (the posterior predictive reward), at the mean, or one sample (posterior sampling, which
+   explores): ``plan_belief`` and :meth:`BeliefAgent.planning_reward`. (Deviation: the paper trains a model-free policy on the belief; a planner
+   needs a belief-conditioned reward model, and the decoder is exactly that.)
 5. **Adaptation at test time is inference**: the belief is updated from the data the agent sees
    while acting; no gradient step is taken (``metawm.adapt`` meta rows: VariBAD's policy with
    belief inference; ``adapt_persist=true`` carries the belief across episodes of one task).
@@ -32,7 +38,12 @@ integrate the task evidence - a recurrent policy on (obs, action, reward) withou
 with an error (appending a belief to pixels needs an agent-side conditioning input, see the note in
 the report). Beliefs stored in the agent's replay are those computed when acting (they go stale as
 the encoder trains; the paper's on-policy A2C/PPO does not have this issue, its off-policy SAC
-variant does). Decoders are Gaussian (squared error) for rewards and states.
+variant does). The state decoder is Gaussian (squared error); the reward decoder is Gaussian on
+(s, a, s') by default, or, as in the authors' gridworld config (``rew_pred_type=bernoulli``,
+``input_prev_state=input_action=False``), Bernoulli over two reward values on s' alone
+(``reward_likelihood=bernoulli reward_range=[lo,hi] reward_inputs=next_state``). The authors'
+gridworld decoder has one output head per cell (``multihead_for_reward``); ours is one MLP on the
+cell's coordinates, which works for any vector suite.
 """
 
 from __future__ import annotations
@@ -203,7 +214,7 @@ class BeliefAgent:
     [obs, mu, logvar] (+ [a_{t-1}, r_t] with ``rl2_inputs``); records trajectories for the VAE."""
 
     def __init__(self, inner: Agent, model: BeliefModel | None, base_spec: EnvSpec, rl2_inputs: bool,
-                 device: torch.device, plan_samples: int | None = None):
+                 device: torch.device, plan: tuple[str, int] | None = None):
         self.inner, self.model, self.base_spec, self.rl2_inputs = inner, model, base_spec, rl2_inputs
         self.env_spec = inner.env_spec
         self.device = device
@@ -214,30 +225,43 @@ class BeliefAgent:
         self._partial: list[dict[str, list] | None] = []
         self._pending: np.ndarray | None = None
         self.name = getattr(inner, "name", "agent")
-        self.plan_samples = plan_samples
-        if plan_samples is not None and model is not None and hasattr(inner, "reward_fn"):
+        self.plan = plan
+        if plan is not None and model is not None and hasattr(inner, "reward_fn"):
             inner.reward_fn = self.planning_reward  # only a planner that takes an outside reward model
 
     @torch.no_grad()
-    def planning_reward(self, root: torch.Tensor, s: torch.Tensor, a: torch.Tensor, s_next: torch.Tensor) -> torch.Tensor:
-        """The reward a planning agent (agent=mpc) sees in imagination: VariBAD's reward decoder
-        p(r | s, a, s', m) averaged over ``plan_samples`` beliefs m ~ q(m | tau_{:t}) of the state
-        planning started from (its [mu, logvar] are the appended part of ``root``; 0 samples: m = mu).
-        This is the posterior predictive reward of the task given what the agent has seen, so a
-        planner maximising it goes where the belief says reward is likely and, on unvisited cells,
-        explores (the paper trains a policy on the belief with RL instead; with a planner the
-        decoder is the belief-conditioned reward model it needs)."""
+    def planning_reward(self, root: torch.Tensor, candidates: int):
+        """The reward a planning agent (agent=mpc) sees in imagination from the (n, D + 2Z) augmented
+        observations ``root`` it plans from: VariBAD's reward decoder E[r | s, a, s', m] under beliefs
+        m from q(m | tau_{:t}) = N(mu, exp(logvar)) read off ``root``. ``plan`` = (mode, K):
+
+        * ``average``: the mean over K samples of m, the posterior predictive reward (a planner
+          maximising it goes where reward is likely, but does not seek information);
+        * ``mean``: m = mu;
+        * ``sample``: one m per environment (posterior sampling, Osband, Russo, Van Roy, NeurIPS 2013):
+          the agent acts as if the sampled task were true, which explores - it heads for a goal the
+          belief still allows, and the belief rules it out or confirms it.
+
+        The beliefs are drawn once per planning step and shared by every candidate and horizon step
+        (common random numbers), so candidates are compared under the same beliefs. Returns
+        r(s, a, s') on flat (n * candidates, ...) tensors, env-major."""
         model = self.model
         D, Z = model.obs_dim, model.latent
         mu, logvar = root[:, D:D + Z], root[:, D + Z:D + 2 * Z]
-        x = model.reward_features(s[:, :D], a, s_next[:, :D])
-        if not self.plan_samples:
-            return model.expected_reward(model.reward_decoder(torch.cat([x, mu], -1))[:, 0])
-        K = int(self.plan_samples)
-        eps = torch.randn(K, *mu.shape, device=mu.device)
-        m = mu[None] + (0.5 * logvar[None]).exp() * eps
-        out = model.reward_decoder(torch.cat([x[None].expand(K, -1, -1), m], -1))[..., 0]
-        return model.expected_reward(out).mean(0)
+        mode, K = self.plan
+        if mode == "mean":
+            m = mu[None]
+        else:
+            k = int(K) if mode == "average" else 1
+            m = mu[None] + (0.5 * logvar[None]).exp() * torch.randn(k, *mu.shape, device=mu.device)
+        m = m.repeat_interleave(candidates, 1)                                        # (k, n * N, Z)
+
+        def reward(s: torch.Tensor, a: torch.Tensor, s_next: torch.Tensor) -> torch.Tensor:
+            x = model.reward_features(s[:, :D], a, s_next[:, :D])
+            out = model.reward_decoder(torch.cat([x[None].expand(len(m), -1, -1), m], -1))[..., 0]
+            return model.expected_reward(out).mean(0)
+
+        return reward
 
     def _action_vec(self, action: np.ndarray) -> torch.Tensor:
         a = torch.as_tensor(np.asarray(action), device=self.device)
@@ -335,7 +359,8 @@ class VariBAD(MetaLearnerBase):
                  decode_state: bool = True, vae_lr: float = 1e-3, vae_batch: int = 16, vae_updates: int = 8,
                  vae_buffer: int = 1000, elbo_samples: int | None = None, decode_samples: int | None = None,
                  kl_weight: float = 1.0, rew_weight: float = 1.0, state_weight: float = 1.0,
-                 adapt_persist: bool = False, plan_with_decoder: bool = True, plan_samples: int = 8,
+                 adapt_persist: bool = False, plan_with_decoder: bool = True, plan_belief: str = "average",
+                 plan_samples: int = 8,
                  reward_inputs: str = "transition", reward_likelihood: str = "gaussian",
                  reward_range: Sequence[float] | None = None):
         if encoder not in ("vae", "none"):
@@ -344,6 +369,9 @@ class VariBAD(MetaLearnerBase):
         if reward_inputs not in ("transition", "next_state"):
             raise UserError(f"meta.reward_inputs={reward_inputs!r} is not valid; use transition (the decoder sees s, a, "
                             "s') or next_state (s' only).")
+        if plan_belief not in ("average", "mean", "sample"):
+            raise UserError(f"meta.plan_belief={plan_belief!r} is not valid; use average (posterior predictive reward over "
+                            "meta.plan_samples beliefs), mean (the belief mean) or sample (posterior sampling).")
         if reward_likelihood not in ("gaussian", "bernoulli"):
             raise UserError(f"meta.reward_likelihood={reward_likelihood!r} is not valid; use gaussian or bernoulli.")
         if reward_likelihood == "bernoulli":
@@ -362,7 +390,8 @@ class VariBAD(MetaLearnerBase):
         self.decode_samples = int(decode_samples) if decode_samples else None
         self.weights = dict(kl_weight=float(kl_weight), rew_weight=float(rew_weight), state_weight=float(state_weight))
         self.adapt_persist = bool(adapt_persist)
-        self.plan_with_decoder, self.plan_samples = bool(plan_with_decoder), int(plan_samples)
+        self.plan_with_decoder, self.plan_belief, self.plan_samples = bool(plan_with_decoder), str(plan_belief), \
+            max(1, int(plan_samples))
         self.env_steps, self.episodes_started = 0, 0
         self.collector: Collector | None = None
         self.specs: list[TaskSpec] = []
@@ -376,7 +405,7 @@ class VariBAD(MetaLearnerBase):
             self.model = BeliefModel(int(base.obs_space.shape[0]), base.num_actions, **self.dims).to(ctx.device) \
                 if self.encoder == "vae" else None
         self.opt = Adam(self.model.parameters(), lr=self.vae_lr) if self.model is not None else None
-        self.belief_agent = BeliefAgent(inner, self.model, base, self.rl2_inputs, ctx.device, self._plan_samples(inner))
+        self.belief_agent = BeliefAgent(inner, self.model, base, self.rl2_inputs, ctx.device, self._plan(inner))
         self.gen = torch.Generator().manual_seed(ctx.seeds.seed("vae_batches"))
 
     def agent(self) -> Agent:
@@ -447,15 +476,15 @@ class VariBAD(MetaLearnerBase):
             all_eps += _belief_episodes(agent, self.ctx.tasks, spec, episodes, seed + 104729 * k)
         return {**summarize_episodes(all_eps, prefix), **_sub_episode_means(all_eps, prefix)}
 
-    def _plan_samples(self, inner: Agent) -> int | None:
-        """Belief samples for planning with the reward decoder, or None: only a planning agent that
-        takes an outside reward model (``reward_fn``, agent=mpc) plans with it, when asked to."""
+    def _plan(self, inner: Agent) -> tuple[str, int] | None:
+        """How to plan with the reward decoder, or None: only a planning agent that takes an outside
+        reward model (``reward_fn``, agent=mpc) plans with it, when asked to."""
         ok = self.plan_with_decoder and self.model is not None and hasattr(inner, "reward_fn")
-        return self.plan_samples if ok else None
+        return (self.plan_belief, self.plan_samples) if ok else None
 
     def _frozen(self, inner: Agent) -> BeliefAgent:
         a = BeliefAgent(inner, self.model, self.ctx.tasks.env_spec, self.rl2_inputs, self.ctx.device,
-                        self._plan_samples(inner))
+                        self._plan(inner))
         a.record = False
         return a
 

@@ -247,6 +247,52 @@ def test_mpc_warm_start_keeps_the_shifted_best_plan():
     assert plain.initial_carry(2) is None
 
 
+def test_mpc_candidate_repeat_correlates_actions_in_time():
+    """candidate_repeat = p: a sequence keeps its previous action with probability p (plus the 1/A
+    chance that a fresh draw repeats it), i.i.d. sequences repeat with probability 1/A only."""
+    from metawm.agents.mpc import MPCAgent
+    from metawm.infra.errors import UserError
+    from metawm.tasks import load_suite
+
+    spec = load_suite("gridworld_goals").env_spec
+    torch.manual_seed(0)
+    for p in (0.0, 0.7):
+        agent = MPCAgent(spec, size="tiny", candidates=4000, horizon=6, candidate_repeat=p)
+        seqs = agent._candidates(2)
+        assert seqs.shape == (2, 4000, 6) and int(seqs.min()) >= 0 and int(seqs.max()) < 5
+        same = (seqs[..., 1:] == seqs[..., :-1]).float().mean().item()
+        assert same == pytest.approx(p + (1 - p) / 5, abs=0.01)
+    with pytest.raises(UserError, match="candidate_repeat"):
+        MPCAgent(spec, size="tiny", candidate_repeat=1.0)
+
+
+def test_mpc_context_dims_are_neither_predicted_nor_learned():
+    """VariBAD's belief appended to the observation is context: the model's predicted change of
+    those dims is zero (imagination holds them at the root's values) and the loss ignores them."""
+    from metawm.agents.mpc import MPCAgent
+    from metawm.meta.varibad import BeliefAgent, BeliefModel, augmented_spec
+    from metawm.tasks import load_suite
+
+    base = load_suite("gridworld_goals").env_spec
+    spec = augmented_spec(base, 2, "vae", False)                 # 3 state dims + mu, logvar (2 each)
+    torch.manual_seed(0)
+    agent = MPCAgent(spec, size="tiny")
+    batch = {"obs": torch.randn(8, 7), "action": torch.randint(5, (8,)).float(), "reward": torch.zeros(8),
+             "next_obs": torch.randn(8, 7), "terminal": torch.zeros(8)}
+    full = agent._terms(None, batch)["dyn"].detach()
+    BeliefAgent(agent, BeliefModel(3, 5, latent=2), base, False, torch.device("cpu"))
+    assert agent.context_dims == 4
+    delta, _, _ = agent._predict(None, batch["obs"], batch["action"])
+    assert torch.all(delta[:, 3:] == 0) and torch.all(delta[:, :3] != 0)
+    expected = ((delta[:, :3] - (batch["next_obs"] - batch["obs"])[:, :3]) ** 2).sum(-1).mean()
+    torch.testing.assert_close(agent._terms(None, batch)["dyn"], expected)
+    assert float(expected.detach()) < float(full)
+    # the RL^2-style inputs are not a belief: nothing is declared context then
+    plain = MPCAgent(augmented_spec(base, 2, "none", True), size="tiny")
+    BeliefAgent(plain, None, base, True, torch.device("cpu"))
+    assert plain.context_dims == 0
+
+
 def test_mpc_agent_pairs_steps_into_transitions():
     from metawm.agents.mpc import MPCAgent
     from metawm.tasks import load_suite

@@ -66,7 +66,7 @@ class MPCAgent:
                  horizon: int | None = None, discount: float = 0.99, lr: float = 1e-3, batch_size: int = 64,
                  train_ratio: float = 0.5, train_after: int | None = None, replay_capacity: int = 100_000,
                  explore_eps: float = 0.1, explore_noise: float = 0.3, term_scale: float = 1.0,
-                 warm_start: bool = False):
+                 warm_start: bool = False, candidate_repeat: float = 0.0):
         if env_spec.is_image:
             raise UserError(f"agent=mpc plans with a vector world model and takes vector observations Box(shape=(D,)); "
                             f"this task has {env_spec.describe()}. Use agent=dreamerv3 for image suites.")
@@ -81,6 +81,9 @@ class MPCAgent:
         self.train_ratio, self.train_after = float(train_ratio), int(train_after if train_after is not None else p.train_after)
         self.explore_eps, self.explore_noise, self.term_scale = float(explore_eps), float(explore_noise), float(term_scale)
         self.warm_start = bool(warm_start)
+        self.candidate_repeat = float(candidate_repeat)
+        if not 0.0 <= self.candidate_repeat < 1.0:
+            raise UserError(f"agent.candidate_repeat is a probability in [0, 1), got {candidate_repeat}.")
         self.obs_dim = int(env_spec.obs_space.shape[0])
         self.act_dim = env_spec.num_actions
         dims = [self.obs_dim + self.act_dim] + [self.hidden] * self.layers
@@ -102,6 +105,16 @@ class MPCAgent:
         # (env-major), ``a`` one-hot (discrete) or the action. VariBAD installs its belief-conditioned
         # reward decoder here (metawm/meta/varibad.py).
         self.reward_fn: Callable[[torch.Tensor, int], Callable[..., torch.Tensor]] | None = None
+        self.set_context_dims(0)
+
+    def set_context_dims(self, k: int) -> None:
+        """Declare the last ``k`` observation dims context rather than state (VariBAD's belief): the
+        model does not predict their change (it is not in the loss) and imagination holds them at the
+        planning root's values, as VariBAD's planning reward does with the belief."""
+        if not 0 <= int(k) < self.obs_dim:
+            raise ValueError(f"context dims must be in [0, {self.obs_dim}), got {k}")
+        self.context_dims = int(k)
+        self._state_mask = (torch.arange(self.obs_dim, device=self.device) < self.obs_dim - self.context_dims).float()
 
     def _shapes(self) -> dict[str, tuple]:
         act = () if self.env_spec.is_discrete else (self.act_dim,)
@@ -117,11 +130,11 @@ class MPCAgent:
         """(observation change, symlog reward, termination logit) for a batch of (obs, action)."""
         x = torch.cat([symlog(obs), self._action_vec(action)], -1)
         out = self.model(x) if params is None else torch.func.functional_call(self.model, dict(params), (x,), strict=False)
-        return out[..., :self.obs_dim], out[..., self.obs_dim], out[..., self.obs_dim + 1]
+        return out[..., :self.obs_dim] * self._state_mask, out[..., self.obs_dim], out[..., self.obs_dim + 1]
 
     def _terms(self, params, batch) -> dict[str, torch.Tensor]:
         delta, reward, term_logit = self._predict(params, batch["obs"], batch["action"])
-        return {"dyn": ((delta - (batch["next_obs"] - batch["obs"])) ** 2).sum(-1).mean(),
+        return {"dyn": (((delta - (batch["next_obs"] - batch["obs"])) * self._state_mask) ** 2).sum(-1).mean(),
                 "rew": ((reward - symlog(batch["reward"])) ** 2).mean(),
                 "term": F.binary_cross_entropy_with_logits(term_logit, batch["terminal"])}
 
@@ -138,10 +151,22 @@ class MPCAgent:
         return torch.zeros(n, 0, device=self.device) if self.warm_start else None
 
     def _candidates(self, n: int) -> torch.Tensor:
+        """Random action sequences (n, N, H[, A]): i.i.d. uniform, or with ``candidate_repeat`` = p each
+        step repeats the sequence's previous action with probability p. Temporally correlated
+        proposals (cf. the colored noise of iCEM, Pinneri et al., CoRL 2020) make the long straight
+        runs that reach a far target likely: on gridworld_goals a goal 7 moves away is reached by
+        a few of 256 i.i.d. sequences of 10 steps at best."""
         N, H = self.candidates, self.horizon
         if self.env_spec.is_discrete:
-            return torch.randint(self.act_dim, (n, N, H), device=self.device)
-        return torch.rand(n, N, H, self.act_dim, device=self.device) * 2 - 1
+            seqs = torch.randint(self.act_dim, (n, N, H), device=self.device)
+        else:
+            seqs = torch.rand(n, N, H, self.act_dim, device=self.device) * 2 - 1
+        if self.candidate_repeat > 0:
+            repeat = torch.rand(n, N, H, device=self.device) < self.candidate_repeat
+            for h in range(1, H):
+                seqs[:, :, h] = torch.where(repeat[:, :, h].reshape(n, N, *([1] * (seqs.dim() - 3))),
+                                            seqs[:, :, h - 1], seqs[:, :, h])
+        return seqs
 
     @torch.no_grad()
     def act(self, step: Step, carry: torch.Tensor | None, *, explore: bool) -> tuple[np.ndarray, torch.Tensor | None]:

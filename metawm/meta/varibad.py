@@ -16,7 +16,10 @@ The story:
    augmented observation space: every observation is [s_t, mu_t, logvar_t], the belief appended
    and *detached* (the paper's default: the RL loss does not train the encoder). A world-model
    agent thus models and plans in the belief-augmented space: its world model and its policy are
-   both conditioned on the belief. It trains with its own ``update`` on its own replay.
+   both conditioned on the belief. It trains with its own ``update`` on its own replay. An agent
+   that declares context dims (``set_context_dims``, agent=mpc) treats [mu, logvar] as context:
+   its model does not spend capacity predicting how the belief changes, and imagination holds the
+   belief at the root's value (no anticipated information gain, as in the planning reward below).
    A *planning* agent (``agent=mpc``) plans with VariBAD's reward decoder instead of its own
    reward head (``plan_with_decoder``): the imagined reward is E[r | s, a, s', m] under beliefs
    m ~ q(m | tau_{:t}) of the state planning starts from - averaged over ``plan_samples`` of them
@@ -226,6 +229,8 @@ class BeliefAgent:
         self._pending: np.ndarray | None = None
         self.name = getattr(inner, "name", "agent")
         self.plan = plan
+        if model is not None and not rl2_inputs and hasattr(inner, "set_context_dims"):
+            inner.set_context_dims(2 * model.latent)  # [mu, logvar] is context: not predicted by its model
         if plan is not None and model is not None and hasattr(inner, "reward_fn"):
             inner.reward_fn = self.planning_reward  # only a planner that takes an outside reward model
 

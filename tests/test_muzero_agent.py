@@ -136,6 +136,21 @@ def test_user_errors():
         MuZeroAgent(CARTPOLE, size="tiny", num_simulation=3)
 
 
+def test_learning_rate_warms_up_then_decays_exponentially():
+    """The pseudocode's schedule lr * rate^(updates / steps), after a linear warm-up; a rate of 1
+    (the tiny preset) keeps it constant; a rate outside (0, 1] is refused."""
+    agent = make_agent(lr=0.01, lr_warmup=10, lr_decay_rate=0.1, lr_decay_steps=1000)
+    for updates, expected in [(0, 0.01 * 0.1), (4, 0.01 * 0.5 * 0.1 ** 0.004), (9, 0.01 * 0.1 ** 0.009),
+                              (500, 0.01 * 0.1 ** 0.5), (1000, 0.001), (2000, 0.0001)]:
+        agent.updates = updates
+        assert agent._lr() == pytest.approx(expected, rel=1e-9)
+    flat = make_agent()
+    flat.updates = 10**6
+    assert flat._lr() == pytest.approx(flat.lr)
+    with pytest.raises(UserError, match="lr_decay_rate"):
+        make_agent(lr_decay_rate=1.5)
+
+
 def _episode_buffer(terminal: bool) -> GameBuffer:
     """One stream, one episode of 4 transitions: rewards 1, 2, 3, 4 arrive at steps 1..4, search
     values 10, 20, 30, 40, 50 at steps 0..4, actions 0, 1, 0, 1 (and 1 at the final step)."""

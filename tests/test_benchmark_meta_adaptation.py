@@ -26,8 +26,12 @@ def test_every_learner_and_suite_override_composes(suite):
     extra = ma.SUITES[suite].get("extra", [])
     for learner in ma.SUITES[suite]["learners"]:
         own = ma.SUITES[suite].get("learner_extra", {}).get(learner, [])
-        cfg = configlib.compose("train", [f"+task={suite}", *ma.AGENT, *ma.LEARNERS[learner], *ma.COMMON, *extra, *own])
+        train_extra = ma.SUITES[suite].get("train_extra", [])
+        cfg = configlib.compose("train", [f"+task={suite}", *ma.AGENT, *ma.LEARNERS[learner], *ma.COMMON, *extra,
+                                          *train_extra, *own])
         assert cfg.task.name == suite
+        if suite == "gridworld_goals":   # train-only agent settings reach the agent config
+            assert cfg.agent.size == "medium" and cfg.agent.candidate_repeat == 0.7
     if suite == "cartpole_physics":
         assert cfg.task.max_episode_steps == 200
     cfg = configlib.compose("adapt", ["checkpoint=x", f"+task={suite}", "split=test", "shots=1", *extra])

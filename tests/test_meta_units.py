@@ -139,6 +139,47 @@ def test_varibad_plans_with_the_decoder_of_the_roots_belief():
     assert not hasattr(other, "reward_fn")
 
 
+def test_varibad_sample_episode_keeps_one_noise_draw_per_rollout():
+    """plan_belief=sample_episode: m = mu + sigma * eps with eps drawn where a rollout starts and
+    carried to its end, so the planned-for hypothesis changes only as the posterior moves."""
+    import gymnasium as gym
+
+    from metawm.agents.mpc import MPCAgent
+    from metawm.meta.varibad import BeliefAgent, BeliefModel, augmented_spec
+    from metawm.types import EnvSpec
+
+    torch.manual_seed(0)
+    base = EnvSpec(gym.spaces.Box(0, 4, (3,), np.float32), gym.spaces.Discrete(5))
+    model = BeliefModel(3, 5, latent=2, decoder_hidden=8, decode_state=False)
+    mpc = MPCAgent(augmented_spec(base, 2, "vae", False), torch.device("cpu"), size="tiny", candidates=4, horizon=2)
+    agent = BeliefAgent(mpc, model, base, False, torch.device("cpu"), plan=("sample_episode", 1))
+    mpc.updates = 1                                   # plan rather than act at random
+    carry = agent.initial_carry(2)
+    assert carry["noise"].shape == (2, 2)
+
+    def step(first):
+        return {"obs": np.zeros((2, 3), np.float32), "reward": np.zeros(2, np.float32),
+                "is_first": np.array(first), "is_last": np.array([False, False])}
+
+    _, c1 = agent.act(step([True, True]), carry, explore=False)
+    _, c2 = agent.act(step([False, False]), c1, explore=False)
+    torch.testing.assert_close(c2["noise"], c1["noise"])             # carried within a rollout
+    _, c3 = agent.act(step([True, False]), c2, explore=False)
+    assert not torch.allclose(c3["noise"][0], c2["noise"][0])         # env 0 starts a new rollout
+    torch.testing.assert_close(c3["noise"][1], c2["noise"][1])
+    # the planning reward uses exactly mu + exp(logvar / 2) * eps of the current rollout
+    root = torch.tensor([[1.0, 2.0, 0.0, 0.5, -0.5, 0.0, 0.0], [1.0, 2.0, 0.0, 0.5, -0.5, 2.0, 2.0]])
+    s_next, a = root.clone(), torch.nn.functional.one_hot(torch.tensor([2, 2]), 5).float()
+    m = root[:, 3:5] + (0.5 * root[:, 5:7]).exp() * c3["noise"]
+    want = model.reward_decoder(torch.cat([root[:, :3], a, s_next[:, :3], m], -1))[:, 0]
+    torch.testing.assert_close(agent.planning_reward(root, 1)(root, a, s_next), want)
+    from metawm.infra.errors import UserError
+    from metawm.meta.varibad import VariBAD
+
+    with pytest.raises(UserError, match="sample_episode"):
+        VariBAD(plan_belief="thompson")
+
+
 def test_vae_loss_trains_the_belief_to_separate_tasks():
     from metawm.meta.varibad import BeliefModel, pad_trajectories, vae_loss
     from metawm.ops.adam import Adam

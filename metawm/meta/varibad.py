@@ -227,6 +227,7 @@ class BeliefAgent:
         self.trajectories: list[dict[str, np.ndarray]] = []
         self._partial: list[dict[str, list] | None] = []
         self._pending: np.ndarray | None = None
+        self._noise: torch.Tensor | None = None    # plan_belief=sample_episode: this rollout's eps
         self.name = getattr(inner, "name", "agent")
         self.plan = plan
         if model is not None and not rl2_inputs and hasattr(inner, "set_context_dims"):
@@ -245,7 +246,11 @@ class BeliefAgent:
         * ``mean``: m = mu;
         * ``sample``: one m per environment (posterior sampling, Osband, Russo, Van Roy, NeurIPS 2013):
           the agent acts as if the sampled task were true, which explores - it heads for a goal the
-          belief still allows, and the belief rules it out or confirms it.
+          belief still allows, and the belief rules it out or confirms it;
+        * ``sample_episode``: as ``sample``, but the standard-normal draw eps of m = mu + sigma * eps is
+          made once per rollout (the carry's ``noise``) instead of at every step, so the agent keeps
+          heading for one hypothesis until the evidence moves the posterior, as PSRL's once-per-
+          episode sample does; a fresh draw at every step makes it dither between hypotheses.
 
         The beliefs are drawn once per planning step and shared by every candidate and horizon step
         (common random numbers), so candidates are compared under the same beliefs. Returns
@@ -256,6 +261,8 @@ class BeliefAgent:
         mode, K = self.plan
         if mode == "mean":
             m = mu[None]
+        elif mode == "sample_episode":
+            m = (mu + (0.5 * logvar).exp() * self._noise)[None]
         else:
             k = int(K) if mode == "average" else 1
             m = mu[None] + (0.5 * logvar[None]).exp() * torch.randn(k, *mu.shape, device=mu.device)
@@ -276,7 +283,14 @@ class BeliefAgent:
 
     def initial_carry(self, n: int) -> dict[str, Any]:
         h = torch.zeros(n, self.model.hidden if self.model is not None else 1, device=self.device)
-        return {"h": h, "prev_action": torch.zeros(n, self.act_dim, device=self.device), "inner": self.inner.initial_carry(n)}
+        carry = {"h": h, "prev_action": torch.zeros(n, self.act_dim, device=self.device),
+                 "inner": self.inner.initial_carry(n)}
+        if self._episode_noise():
+            carry["noise"] = torch.randn(n, self.model.latent, device=self.device)
+        return carry
+
+    def _episode_noise(self) -> bool:
+        return self.plan is not None and self.plan[0] == "sample_episode" and self.model is not None
 
     @torch.no_grad()
     def augment(self, step: Step, carry: dict[str, Any]) -> tuple[np.ndarray, torch.Tensor]:
@@ -299,9 +313,13 @@ class BeliefAgent:
 
     def act(self, step: Step, carry: dict[str, Any], *, explore: bool) -> tuple[np.ndarray, dict[str, Any]]:
         aug, h = self.augment(step, carry)
+        out = {"h": h}
+        if self._episode_noise():  # a new draw where a rollout starts
+            first = torch.as_tensor(np.asarray(step["is_first"], bool), device=self.device)[:, None]
+            out["noise"] = self._noise = torch.where(first, torch.randn_like(carry["noise"]), carry["noise"])
         action, inner_carry = self.inner.act({**step, "obs": aug}, carry["inner"], explore=explore)
         self._pending = aug
-        return action, {"h": h, "prev_action": self._action_vec(action), "inner": inner_carry}
+        return action, {**out, "prev_action": self._action_vec(action), "inner": inner_carry}
 
     def observe(self, step: Step) -> None:
         self.inner.observe({**step, "obs": self._pending})
@@ -374,9 +392,10 @@ class VariBAD(MetaLearnerBase):
         if reward_inputs not in ("transition", "next_state"):
             raise UserError(f"meta.reward_inputs={reward_inputs!r} is not valid; use transition (the decoder sees s, a, "
                             "s') or next_state (s' only).")
-        if plan_belief not in ("average", "mean", "sample"):
+        if plan_belief not in ("average", "mean", "sample", "sample_episode"):
             raise UserError(f"meta.plan_belief={plan_belief!r} is not valid; use average (posterior predictive reward over "
-                            "meta.plan_samples beliefs), mean (the belief mean) or sample (posterior sampling).")
+                            "meta.plan_samples beliefs), mean (the belief mean), sample (posterior sampling, a new draw "
+                            "every step) or sample_episode (posterior sampling, one noise draw per rollout).")
         if reward_likelihood not in ("gaussian", "bernoulli"):
             raise UserError(f"meta.reward_likelihood={reward_likelihood!r} is not valid; use gaussian or bernoulli.")
         if reward_likelihood == "bernoulli":

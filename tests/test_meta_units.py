@@ -139,6 +139,40 @@ def test_varibad_plans_with_the_decoder_of_the_roots_belief():
     assert not hasattr(other, "reward_fn")
 
 
+def test_varibad_explore_members_act_at_random_and_others_follow_the_policy():
+    """meta.explore_members: the first members' actions are uniform draws (data for the belief
+    model the policy would not collect); the others keep the inner agent's action."""
+    import gymnasium as gym
+
+    from metawm.infra.errors import UserError
+    from metawm.meta.varibad import BeliefAgent, BeliefModel, VariBAD
+    from metawm.types import EnvSpec
+
+    class Zero:
+        env_spec = None
+
+        def initial_carry(self, n):
+            return None
+
+        def act(self, step, carry, *, explore):
+            return np.zeros(len(step["is_first"]), np.int64), carry
+
+    torch.manual_seed(0)
+    base = EnvSpec(gym.spaces.Box(0, 4, (3,), np.float32), gym.spaces.Discrete(5))
+    agent = BeliefAgent(Zero(), BeliefModel(3, 5, latent=2), base, False, torch.device("cpu"))
+    agent.random_envs = np.array([True, False])
+    carry, seen = agent.initial_carry(2), []
+    for t in range(40):
+        step = {"obs": np.zeros((2, 3), np.float32), "reward": np.zeros(2, np.float32),
+                "is_first": np.array([t == 0, t == 0]), "is_last": np.array([False, False])}
+        action, carry = agent.act(step, carry, explore=True)
+        seen.append(action.copy())
+    seen = np.stack(seen)
+    assert set(seen[:, 0].tolist()) == {0, 1, 2, 3, 4} and set(seen[:, 1].tolist()) == {0}
+    with pytest.raises(UserError, match="explore_members"):
+        VariBAD(population=2, explore_members=2)
+
+
 def test_varibad_sample_episode_keeps_one_noise_draw_per_rollout():
     """plan_belief=sample_episode: m = mu + sigma * eps with eps drawn where a rollout starts and
     carried to its end, so the planned-for hypothesis changes only as the posterior moves."""

@@ -228,6 +228,7 @@ class BeliefAgent:
         self._partial: list[dict[str, list] | None] = []
         self._pending: np.ndarray | None = None
         self._noise: torch.Tensor | None = None    # plan_belief=sample_episode: this rollout's eps
+        self.random_envs: np.ndarray | None = None  # envs that act uniformly at random (explore_members)
         self.name = getattr(inner, "name", "agent")
         self.plan = plan
         if model is not None and not rl2_inputs and hasattr(inner, "set_context_dims"):
@@ -318,6 +319,15 @@ class BeliefAgent:
             first = torch.as_tensor(np.asarray(step["is_first"], bool), device=self.device)[:, None]
             out["noise"] = self._noise = torch.where(first, torch.randn_like(carry["noise"]), carry["noise"])
         action, inner_carry = self.inner.act({**step, "obs": aug}, carry["inner"], explore=explore)
+        if self.random_envs is not None and self.random_envs.any():
+            action = np.array(action, copy=True)
+            rows = np.flatnonzero(self.random_envs)
+            space = self.base_spec.act_space   # torch's generator, so that a seeded run repeats
+            if self.base_spec.is_discrete:
+                action[rows] = torch.randint(int(space.n), (len(rows),)).numpy()
+            else:
+                u = torch.rand(len(rows), *space.shape).numpy()
+                action[rows] = space.low + u * (space.high - space.low)
         self._pending = aug
         return action, {**out, "prev_action": self._action_vec(action), "inner": inner_carry}
 
@@ -385,7 +395,7 @@ class VariBAD(MetaLearnerBase):
                  adapt_persist: bool = False, plan_with_decoder: bool = True, plan_belief: str = "average",
                  plan_samples: int = 8,
                  reward_inputs: str = "transition", reward_likelihood: str = "gaussian",
-                 reward_range: Sequence[float] | None = None):
+                 reward_range: Sequence[float] | None = None, explore_members: int = 0):
         if encoder not in ("vae", "none"):
             raise UserError(f"meta.encoder={encoder!r} is not valid; use vae (VariBAD) or none (no belief; with "
                             "meta.rl2_inputs=true an RL^2-style baseline).")
@@ -404,6 +414,10 @@ class VariBAD(MetaLearnerBase):
                                 f"(the two reward values, e.g. [-0.1,1.0] on gridworld_goals); got {reward_range}.")
             reward_range = [float(reward_range[0]), float(reward_range[1])]
         self.population, self.inner_steps = int(population), int(inner_steps)
+        self.explore_members = int(explore_members)
+        if not 0 <= self.explore_members < self.population:
+            raise UserError(f"meta.explore_members must lie in [0, meta.population) = [0, {self.population}), got "
+                            f"{explore_members}: at least one member must act with the agent's policy.")
         self.encoder, self.rl2_inputs = encoder, bool(rl2_inputs)
         self.dims = dict(latent=int(latent), hidden=int(hidden), embed=int(embed), decoder_hidden=int(decoder_hidden),
                          decode_state=bool(decode_state), reward_inputs=str(reward_inputs),
@@ -455,6 +469,8 @@ class VariBAD(MetaLearnerBase):
         if self.collector is None:
             self.specs = [self._next_spec() for _ in range(self.population)]
             self._build_collector()
+        explorers = np.arange(self.population) < self.explore_members
+        self.belief_agent.random_envs = explorers
         episodes, updates, taken = [], [], 0
         while taken < self.inner_steps:
             n, finished = self.collector.step(self.belief_agent, explore=True)
@@ -463,7 +479,8 @@ class VariBAD(MetaLearnerBase):
             for ep in finished:
                 i = ep["env"]
                 ep["spec"] = self.specs[i]
-                episodes.append(ep)
+                if not explorers[i]:  # the random explorers' returns say nothing of the policy
+                    episodes.append(ep)
                 self.specs[i] = self._next_spec()
                 self.collector.envs[i] = self._new_env(self.specs[i], i)  # reset on the next step
             m = self.belief_agent.update(self.env_steps)

@@ -97,11 +97,15 @@ def test_gridworld_bamdp_resets_position_and_keeps_goal():
             obs, r, terminated, truncated, info = env.step(a)
             rewards.append(r)
             assert info["episode_index"] == episode and not terminated
+            if t == 0:  # every episode starts from the start cell: one step right of it
+                np.testing.assert_allclose(obs, [1, 0, 1 / 15], rtol=1e-6)
             if t < 14:
                 assert tuple(obs[:2]) != (0, 0) and obs[2] == pytest.approx((t + 1) / 15)
                 assert not truncated and not info["episode_end"]
         assert info["episode_end"]
-        np.testing.assert_array_equal(obs, [0, 0, 0])  # back at the start, every 15 steps
+        # the 15th move's observation is the cell it reached (with its reward), t / 15 = 1; the
+        # next move starts from the start cell again
+        np.testing.assert_array_equal(obs, [2, 1, 1])
         returns.append(sum(rewards[-15:]))
     assert truncated and info["episode_returns"] == pytest.approx(returns)
     # the goal is the same cell in all four episodes: -0.1, -0.1, then +1 for the 13 steps on it

@@ -9,16 +9,19 @@ cell and -0.1 elsewhere (the agent may stay on the goal and collect +1 every ste
 Bayes-optimal agent explores in the first episode and exploits afterwards. VariBAD's goals are any
 cell except the start and its three neighbours (21 cells).
 
-One gymnasium episode here is the whole BAMDP: every 15 steps the agent is put back on (0, 0),
-and the observation returned by that 15th step is already the start cell (its reward is still the
-one earned by the move). After ``episodes_per_task`` such episodes the gym episode ends with
-``truncated=True`` (the BAMDP horizon is a time limit; nothing is terminal in the grid).
+One gymnasium episode here is the whole BAMDP: every 15 steps the agent is put back on (0, 0).
+The observation returned by the 15th move of an episode is the cell that move reached, with
+time feature t / 15 = 1, paired with the reward earned there; the next move starts from (0, 0).
+(Returning the start cell instead paired a goal's +1 with the start cell whenever an episode
+ended on the goal, which taught VariBAD's next-state reward decoder that the start can pay +1.)
+After ``episodes_per_task`` such episodes the gym episode ends with ``truncated=True`` (the BAMDP
+horizon is a time limit; nothing is terminal in the grid).
 
 Observation (float32): the cell's coordinates ``(x, y)`` in 0..4 as in VariBAD, plus, with
 ``time_feature=True`` (default), ``t / 15`` where t is the number of steps taken in the current
-episode (0 at each start). VariBAD's wrapper appends a "done" flag for the same purpose (so that
-the policy knows an episode boundary happened); a recurrent agent can read both the boundary and
-the time left from ``t / 15``.
+episode (0 at the BAMDP's start, 1 on the last move of each episode). VariBAD's wrapper appends
+a "done" flag for the same purpose (so that the policy knows an episode boundary happened); a
+recurrent agent can read both the boundary and the time left from ``t / 15``.
 
 ``info`` of every step: ``episode_index`` (0-based index of the episode the step's reward belongs
 to), ``episode_end`` (True on the step that ends an episode), and on the last step
@@ -92,6 +95,7 @@ class GridNaviBAMDP(gym.Env):
         self.t += 1
         info: dict[str, Any] = {"episode_index": self.episode, "episode_end": False}
         truncated = False
+        obs = self._obs()  # the cell the move reached (t / 15 = 1 on the last move of an episode)
         if self.t >= self.horizon:
             info["episode_end"] = True
             self.episode += 1
@@ -100,4 +104,4 @@ class GridNaviBAMDP(gym.Env):
             if self.episode >= self.episodes_per_task:
                 truncated = True
                 info["episode_returns"] = list(self.returns)
-        return self._obs(), reward, False, truncated, info
+        return obs, reward, False, truncated, info

@@ -75,6 +75,20 @@ def test_the_three_phases_run_from_the_cli_and_resume(tmp_path, capsys):
     assert "already complete" in capsys.readouterr().err
 
 
+def test_smoke_preset_shrinks_the_phase_budgets():
+    """+exp=smoke is the README's quick look for every entry point: for metawm.dreamer4 it also cuts
+    the recorded steps and the updates of every phase (the measured quick look: 3-11 s per phase)."""
+    from metawm.infra import config as configlib
+
+    full = configlib.compose("dreamer4", ["+task=point_nav", "pixels=16"])
+    smoke = configlib.compose("dreamer4", ["+task=point_nav", "pixels=16", "+exp=smoke"])
+    assert smoke.agent.size == "tiny" and smoke.record.steps <= full.record.steps // 10
+    for phase, key in [("pretrain", "tokenizer_steps"), ("pretrain", "dynamics_steps"), ("finetune", "steps"),
+                       ("imagine", "steps")]:
+        assert smoke[phase][key] <= full[phase][key] // 10
+        assert smoke.eval.every <= 2 * smoke[phase][key]
+
+
 @pytest.mark.parametrize("args, message", [
     ([], r"No task given"),
     (["nope", "+task=point_nav"], r"Unknown command 'nope'\. Valid choices: finetune, imagine, pretrain, record"),

@@ -362,6 +362,14 @@ def test_mpc_context_dims_are_neither_predicted_nor_learned():
     expected = ((delta[:, :3] - (batch["next_obs"] - batch["obs"])[:, :3]) ** 2).sum(-1).mean()
     torch.testing.assert_close(agent._terms(None, batch)["dyn"], expected)
     assert float(expected.detach()) < float(full)
+    # context_inputs=False: the model's prediction does not depend on the context dims at all
+    blind = MPCAgent(spec, size="tiny", context_inputs=False)
+    blind.set_context_dims(4)
+    other = batch["obs"].clone()
+    other[:, 3:] += 5.0
+    torch.testing.assert_close(blind._predict(None, other, batch["action"])[0],
+                               blind._predict(None, batch["obs"], batch["action"])[0])
+    assert not torch.allclose(agent._predict(None, other, batch["action"])[0], delta)
     # the RL^2-style inputs are not a belief: nothing is declared context then
     plain = MPCAgent(augmented_spec(base, 2, "none", True), size="tiny")
     BeliefAgent(plain, None, base, True, torch.device("cpu"))

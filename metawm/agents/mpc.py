@@ -66,7 +66,7 @@ class MPCAgent:
                  horizon: int | None = None, discount: float = 0.99, lr: float = 1e-3, batch_size: int = 64,
                  train_ratio: float = 0.5, train_after: int | None = None, replay_capacity: int = 100_000,
                  explore_eps: float = 0.1, explore_noise: float = 0.3, term_scale: float = 1.0,
-                 warm_start: bool = False, candidate_repeat: float = 0.0):
+                 warm_start: bool = False, candidate_repeat: float = 0.0, context_inputs: bool = True):
         if env_spec.is_image:
             raise UserError(f"agent=mpc plans with a vector world model and takes vector observations Box(shape=(D,)); "
                             f"this task has {env_spec.describe()}. Use agent=dreamerv3 for image suites.")
@@ -82,6 +82,7 @@ class MPCAgent:
         self.explore_eps, self.explore_noise, self.term_scale = float(explore_eps), float(explore_noise), float(term_scale)
         self.warm_start = bool(warm_start)
         self.candidate_repeat = float(candidate_repeat)
+        self.context_inputs = bool(context_inputs)
         if not 0.0 <= self.candidate_repeat < 1.0:
             raise UserError(f"agent.candidate_repeat is a probability in [0, 1), got {candidate_repeat}.")
         self.obs_dim = int(env_spec.obs_space.shape[0])
@@ -115,6 +116,9 @@ class MPCAgent:
             raise ValueError(f"context dims must be in [0, {self.obs_dim}), got {k}")
         self.context_dims = int(k)
         self._state_mask = (torch.arange(self.obs_dim, device=self.device) < self.obs_dim - self.context_dims).float()
+        # context_inputs=False: the model does not see the context either (task-independent dynamics,
+        # e.g. gridworld_goals; the reward still comes from VariBAD's belief-conditioned decoder)
+        self._input_mask = torch.ones_like(self._state_mask) if self.context_inputs else self._state_mask
 
     def _shapes(self) -> dict[str, tuple]:
         act = () if self.env_spec.is_discrete else (self.act_dim,)
@@ -128,7 +132,7 @@ class MPCAgent:
 
     def _predict(self, params: Mapping[str, torch.Tensor] | None, obs: torch.Tensor, action: torch.Tensor):
         """(observation change, symlog reward, termination logit) for a batch of (obs, action)."""
-        x = torch.cat([symlog(obs), self._action_vec(action)], -1)
+        x = torch.cat([symlog(obs) * self._input_mask, self._action_vec(action)], -1)
         out = self.model(x) if params is None else torch.func.functional_call(self.model, dict(params), (x,), strict=False)
         return out[..., :self.obs_dim] * self._state_mask, out[..., self.obs_dim], out[..., self.obs_dim + 1]
 

@@ -320,6 +320,8 @@ class BeliefAgent:
             out["noise"] = self._noise = torch.where(first, torch.randn_like(carry["noise"]), carry["noise"])
         action, inner_carry = self.inner.act({**step, "obs": aug}, carry["inner"], explore=explore)
         if self.random_envs is not None and self.random_envs.any():
+            # the inner agent has planned for these envs too (its carry stays consistent); the action
+            # taken, the one it stores in its replay, is a uniform draw
             action = np.array(action, copy=True)
             rows = np.flatnonzero(self.random_envs)
             space = self.base_spec.act_space   # torch's generator, so that a seeded run repeats

@@ -35,9 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from metawm.envs.gridworld import GridNaviBAMDP  # noqa: E402
 from metawm.meta.varibad import BeliefModel, pad_trajectories, vae_loss  # noqa: E402
 from metawm.ops.adam import Adam  # noqa: E402
+from metawm.tasks import load_suite  # noqa: E402
 
-TRAIN = [(0, 2), (0, 4), (1, 2), (1, 3), (1, 4), (2, 0), (2, 1), (2, 3), (2, 4), (3, 0), (3, 1), (3, 2), (3, 3),
-         (4, 0), (4, 2), (4, 3)]
+# the suite's train goals (tasks/gridworld_goals.yaml), the prior the Bayes posterior starts from
+TRAIN = [tuple(c) for c in load_suite("gridworld_goals").ranges["train"]["goal"]["choices"]]
 
 
 def random_trajectory(goal, rng: np.random.Generator) -> dict:

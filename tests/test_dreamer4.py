@@ -331,6 +331,30 @@ def test_agent_contract_functional_loss_and_checkpoint_roundtrip(spec):
     assert info["preset"] == "tiny" and info["params"] == sum(p.numel() for p in agent.params().values())
 
 
+def test_value_warmup_freezes_the_policy_then_releases_it():
+    agent = Dreamer4Agent(VECTOR, size="tiny", overrides={"value_warmup": 2})
+    fill(agent)
+    torch.manual_seed(0)
+    phases = ("imagination",)
+    agent.train_step(("tokenizer", "dynamics", "agent"))
+    agent.start_imagination()
+
+    def heads(name):
+        return {n: p.detach().clone() for n, p in agent.model.named_parameters() if n.startswith(f"heads.{name}.")}
+
+    pol0, val0 = heads("policy"), heads("value")
+    for _ in range(2):
+        agent.train_step(phases)
+    assert all(torch.equal(pol0[n], p) for n, p in heads("policy").items())  # warm-up: the policy waits
+    assert any(not torch.equal(val0[n], p) for n, p in heads("value").items())
+    assert agent.imag_steps == 2
+    agent.train_step(phases)
+    assert any(not torch.equal(pol0[n], p) for n, p in heads("policy").items())
+    other = Dreamer4Agent(VECTOR, size="tiny", overrides={"value_warmup": 2})
+    other.load_state_dict(agent.state_dict())
+    assert other.imag_steps == 3
+
+
 def test_same_seed_same_training():
     def run():
         torch.manual_seed(3)

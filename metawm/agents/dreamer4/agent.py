@@ -40,6 +40,7 @@ Deviations from the paper, and why (each also noted where it happens):
 * No task embeddings: metawm's tasks are unobserved (``dynamics.py``).
 * Step sizes: 3/4 of the frames at d_min, 1/4 coarser (Frans et al.) instead of eq. 4's uniform
   draw, which did not learn at CPU budgets (``presets.py``).
+* The first ``value_warmup`` imagination updates train the value head alone (``presets.py``).
 * One batch length (the paper alternates short and long batches for speed); no value EMA.
 * Online, the tokenizer keeps training while the dynamics learns on its latents (the paper
   trains them one after the other; the CLI does too).
@@ -323,6 +324,7 @@ class Dreamer4Agent:
         self.dataset = Dataset(env_spec.obs_space, env_spec.act_space, self.preset.capacity)
         self.grad_steps = 0
         self.imagining = False
+        self.imag_steps = 0  # imagination updates so far (the first preset.value_warmup train the value only)
         p = self.preset
         groups = {"tokenizer": (p.lr_tokenizer, ("tokenizer.",)),
                   "world": (p.lr_dynamics, ("dynamics.", "heads.bc.", "heads.reward.", "heads.cont.")),
@@ -403,8 +405,9 @@ class Dreamer4Agent:
         for opt in self.optims.values():
             opt.zero_grad(set_to_none=True)
         loss.backward()
+        imagining = "imagination" in phases
         active = {"tokenizer": "tokenizer" in phases, "world": bool({"dynamics", "agent"} & set(phases)),
-                  "policy": "imagination" in phases, "value": "imagination" in phases}
+                  "policy": imagining and self.imag_steps >= self.preset.value_warmup, "value": imagining}
         out: Metrics = {}
         for name, opt in self.optims.items():
             if active[name]:
@@ -414,6 +417,7 @@ class Dreamer4Agent:
         raw = {k[4:]: v for k, v in metrics.items() if k.startswith("raw/")}
         self.model.update_rms(raw)
         self.grad_steps += 1
+        self.imag_steps += int(imagining)
         out.update({_metric_name(k): float(v) for k, v in metrics.items()})
         out["wm/loss"] = float(loss.detach())
         out["train/grad_steps"] = float(self.grad_steps)
@@ -473,7 +477,7 @@ class Dreamer4Agent:
     def state_dict(self, *, replay: bool = False) -> dict[str, Any]:
         state = {"agent": self.name, "preset": self.preset.name, "model": self.model.state_dict(),
                  "optims": {k: o.state_dict() for k, o in self.optims.items()}, "grad_steps": self.grad_steps,
-                 "imagining": self.imagining}
+                 "imagining": self.imagining, "imag_steps": self.imag_steps}
         if replay:
             state["dataset"] = self.dataset.state_dict()
         return state
@@ -489,6 +493,7 @@ class Dreamer4Agent:
             o.load_state_dict(state["optims"][k])
         self.grad_steps = int(state["grad_steps"])
         self.imagining = bool(state["imagining"])
+        self.imag_steps = int(state.get("imag_steps", 0))
         if "dataset" in state:
             self.dataset.load_state_dict(state["dataset"])
 

@@ -25,6 +25,12 @@ the data's variance, 0.14 latent MSE, against 0.008 with the split below; see th
 ``bootstrap_fraction = 0.25`` draws d = d_min for 3/4 of the frames and a coarser step for 1/4,
 the split of the shortcut-models paper (Frans et al. 2024) that Dreamer 4 builds on; the public
 reimplementations use it too. ``bootstrap_fraction=-1`` restores eq. 4.
+
+Deviation: value warm-up. Phase 3 starts with a fresh value head (zero output) while the imagined
+returns are far from zero, so every advantage of the first updates has the same sign and PMPO,
+which reads only that sign, pushes the policy away from (or toward) whatever it sampled. The first
+``value_warmup`` imagination updates train only the value head (the policy stays the BC copy);
+``value_warmup=0`` trains both from the start, as the paper does.
 """
 
 from __future__ import annotations
@@ -81,6 +87,7 @@ class Preset:
     imag_horizon: int = 16
     imag_batch: int = 16
     imag_context: int = 8          # dataset frames that seed each imagined rollout
+    value_warmup: int = 100        # imagination updates that train only the value head (our addition)
     # optimisation
     lr_tokenizer: float = 3e-4
     lr_dynamics: float = 3e-4
@@ -106,7 +113,7 @@ PRESETS: dict[str, Preset] = {
         bottleneck=4, dyn_dim=32, dyn_depth=4, dyn_heads=2, dyn_kv_heads=1, pack=2, registers=1, k_max=8,
         batch_size=4, batch_length=8, context=8, head_hidden=32, head_layers=1, mtp=2, bins=41,
         action_bins=5, k_sample=2, imag_horizon=3, imag_batch=4, imag_context=4, lr_tokenizer=1e-3, lr_dynamics=1e-3,
-        lr_policy=1e-4, lr_value=1e-3, train_ratio=16, learn_start=64, dynamics_start=10, imagination_start=30,
+        lr_policy=1e-4, lr_value=1e-3, value_warmup=0, train_ratio=16, learn_start=64, dynamics_start=10, imagination_start=30,
         capacity=5000),
     "small": Preset(
         "small", tok_dim=64, tok_depth=2, tok_heads=4, tok_kv_heads=4, patch=4, vector_group=4, latents=8,

@@ -173,6 +173,23 @@ def test_varibad_explore_members_act_at_random_and_others_follow_the_policy():
         VariBAD(population=2, explore_members=2)
 
 
+def test_varibad_explore_steps_make_every_member_random_at_the_start_only():
+    """meta.explore_steps=N: during the first N env steps every member acts uniformly at random
+    (a warm-up on covering data); afterwards only the explore_members do."""
+    from metawm.infra.errors import UserError
+    from metawm.meta.varibad import VariBAD
+
+    vb = VariBAD(population=2, inner_steps=40, explore_steps=40, explore_members=0, vae_updates=1,
+                 reward_likelihood="bernoulli", reward_range=[-0.1, 1.0], reward_inputs="next_state")
+    vb.setup(_ctx("gridworld_goals"))
+    vb.outer_step(0)
+    assert vb.belief_agent.random_envs.tolist() == [True, True] and vb.env_steps == 40
+    vb.outer_step(1)
+    assert vb.belief_agent.random_envs.tolist() == [False, False]
+    with pytest.raises(UserError, match="explore_steps"):
+        VariBAD(explore_steps=-1)
+
+
 def test_varibad_sample_episode_keeps_one_noise_draw_per_rollout():
     """plan_belief=sample_episode: m = mu + sigma * eps with eps drawn where a rollout starts and
     carried to its end, so the planned-for hypothesis changes only as the posterior moves."""

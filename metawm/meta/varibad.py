@@ -397,7 +397,7 @@ class VariBAD(MetaLearnerBase):
                  adapt_persist: bool = False, plan_with_decoder: bool = True, plan_belief: str = "average",
                  plan_samples: int = 8,
                  reward_inputs: str = "transition", reward_likelihood: str = "gaussian",
-                 reward_range: Sequence[float] | None = None, explore_members: int = 0):
+                 reward_range: Sequence[float] | None = None, explore_members: int = 0, explore_steps: int = 0):
         if encoder not in ("vae", "none"):
             raise UserError(f"meta.encoder={encoder!r} is not valid; use vae (VariBAD) or none (no belief; with "
                             "meta.rl2_inputs=true an RL^2-style baseline).")
@@ -420,6 +420,10 @@ class VariBAD(MetaLearnerBase):
         if not 0 <= self.explore_members < self.population:
             raise UserError(f"meta.explore_members must lie in [0, meta.population) = [0, {self.population}), got "
                             f"{explore_members}: at least one member must act with the agent's policy.")
+        self.explore_steps = int(explore_steps)
+        if self.explore_steps < 0:
+            raise UserError(f"meta.explore_steps must be >= 0 (env steps of uniformly random acting at the start), "
+                            f"got {explore_steps}.")
         self.encoder, self.rl2_inputs = encoder, bool(rl2_inputs)
         self.dims = dict(latent=int(latent), hidden=int(hidden), embed=int(embed), decoder_hidden=int(decoder_hidden),
                          decode_state=bool(decode_state), reward_inputs=str(reward_inputs),
@@ -471,7 +475,10 @@ class VariBAD(MetaLearnerBase):
         if self.collector is None:
             self.specs = [self._next_spec() for _ in range(self.population)]
             self._build_collector()
-        explorers = np.arange(self.population) < self.explore_members
+        # Random acting: the explore_members always, every member during the first explore_steps
+        # (a warm-up on data that covers the task space, for the belief model and the agent's model).
+        warmup = self.env_steps < self.explore_steps
+        explorers = np.arange(self.population) < (self.population if warmup else self.explore_members)
         self.belief_agent.random_envs = explorers
         episodes, updates, taken = [], [], 0
         while taken < self.inner_steps:

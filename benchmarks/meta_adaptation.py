@@ -70,6 +70,27 @@ LEARNERS = {
                 "meta.vae_updates=64"],
     "rl2": ["meta=varibad", "meta.encoder=none", "meta.rl2_inputs=true", "meta.population=4", "meta.inner_steps=400"],
 }
+# All 21 goal cells of VariBAD's gridworld (neither the start (0, 0) nor next to it).
+ALL_CELLS = "[" + ",".join(f"[{x},{y}]" for x in range(5) for y in range(5) if x + y > 1 and (x, y) != (1, 1)) + "]"
+# gridworld: the small MPC model (64x2, 0.5 updates per step) mispredicted the cell by 0.15-0.35 per
+# step late in an episode (the reset to the start cell every 15 steps is a jump it blurs); 128x3 with 2
+# updates per step: 0.02 (/tmp diagnostics, session 4). Horizon 15 = one episode; candidate_repeat
+# makes straight runs to a far goal likely. The same agent for every learner.
+GRIDWORLD = {"steps": 16000, "learners": ["varibad", "rl2", "none"], "shots": 1, "tasks": 5,
+             "adapt_seeds": 2,
+             "train_extra": ["agent.size=medium", "agent.train_ratio=2", "agent.horizon=15",
+                             "agent.candidate_repeat=0.7", "agent.warm_start=true"],
+             # the authors' gridworld decoder (Bernoulli reward of the next cell); ELBO on 20
+             # beliefs x 20 decoded steps of 25 trajectories, 200 updates per 400 env steps.
+             # Every learner acts uniformly at random for its first 4000 env steps (VariBAD and
+             # RL^2: meta.explore_steps; none: agent.train_after): without that warm-up the belief
+             # model, fed only the planner's narrow trajectories, stayed near-uninformative
+             # (seed 0 before: test return -5.6..+2.1 over ten variants; with it: see the note).
+             "learner_extra": {
+                 "varibad": ["meta.reward_likelihood=bernoulli", "meta.reward_range=[-0.1,1.0]",
+                             "meta.reward_inputs=next_state", "meta.vae_updates=200", "meta.vae_batch=25",
+                             "meta.elbo_samples=20", "meta.decode_samples=20", "meta.explore_steps=4000"],
+                 "rl2": ["meta.explore_steps=4000"], "none": ["agent.train_after=4000"]}}
 SUITES = {
     "point_nav": {"steps": 20000, "learners": ["none", "maml", "reptile", "varibad"], "shots": 3, "tasks": 4,
                   "adapt_seeds": 2,
@@ -77,25 +98,12 @@ SUITES = {
                   "learner_extra": {"varibad": ["meta.adapt_persist=true"]}},
     "cartpole_physics": {"steps": 20000, "learners": ["none", "maml", "reptile"], "shots": 3, "tasks": 4,
                          "adapt_seeds": 2, "extra": ["+task.max_episode_steps=200"]},
-    # gridworld: the small MPC model (64x2, 0.5 updates per step) mispredicted the cell by 0.15-0.35 per
-    # step late in an episode (the reset to the start cell every 15 steps is a jump it blurs); 128x3 with 2
-    # updates per step: 0.02 (/tmp diagnostics, session 4). Horizon 15 = one episode; candidate_repeat
-    # makes straight runs to a far goal likely. The same agent for every learner.
-    "gridworld_goals": {"steps": 16000, "learners": ["varibad", "rl2", "none"], "shots": 1, "tasks": 5,
-                        "adapt_seeds": 2,
-                        "train_extra": ["agent.size=medium", "agent.train_ratio=2", "agent.horizon=15",
-                                  "agent.candidate_repeat=0.7", "agent.warm_start=true"],
-                        # the authors' gridworld decoder (Bernoulli reward of the next cell); ELBO on 20
-                        # beliefs x 20 decoded steps of 25 trajectories, 200 updates per 400 env steps.
-                        # Every learner acts uniformly at random for its first 4000 env steps (VariBAD and
-                        # RL^2: meta.explore_steps; none: agent.train_after): without that warm-up the belief
-                        # model, fed only the planner's narrow trajectories, stayed near-uninformative
-                        # (seed 0 before: test return -5.6..+2.1 over ten variants; with it: see the note).
-                        "learner_extra": {
-                            "varibad": ["meta.reward_likelihood=bernoulli", "meta.reward_range=[-0.1,1.0]",
-                                        "meta.reward_inputs=next_state", "meta.vae_updates=200", "meta.vae_batch=25",
-                                        "meta.elbo_samples=20", "meta.decode_samples=20", "meta.explore_steps=4000"],
-                            "rl2": ["meta.explore_steps=4000"], "none": ["agent.train_after=4000"]}},
+    "gridworld_goals": GRIDWORLD,
+    # VariBAD's own protocol (Zintgraf et al. 2020, sec. 5.1): train and test goals drawn from all 21 cells,
+    # so a "new task" is a new draw from the training distribution. The suite's test split above holds
+    # out 5 cells instead, which no belief trained on the other 16 can put probability on.
+    "gridworld_paper": {**GRIDWORLD, "task": "gridworld_goals",
+                        "extra": [f"task.splits.{split}.goal.choices={ALL_CELLS}" for split in ("train", "test")]}
 }
 
 
@@ -116,7 +124,7 @@ def one(root: Path, suite: str, learner: str, seed: int, quick: bool) -> dict | 
     log = root / "log.txt"
     if not (train_dir / "summary.json").exists() or json.loads((train_dir / "summary.json").read_text()).get("status") != "complete":
         t0 = time.time()
-        rc = run([sys.executable, "-m", "metawm.train", f"+task={suite}", *AGENT, *LEARNERS[learner], *COMMON,
+        rc = run([sys.executable, "-m", "metawm.train", f"+task={cfg.get('task', suite)}", *AGENT, *LEARNERS[learner], *COMMON,
                   *cfg.get("extra", []), *cfg.get("train_extra", []), *cfg.get("learner_extra", {}).get(learner, []),
                   f"steps={steps}", f"eval.every={steps // 4}", f"checkpoint_every={steps // 4}",
                   f"seed={seed}", f"run_dir={train_dir}"], log)
@@ -125,7 +133,7 @@ def one(root: Path, suite: str, learner: str, seed: int, quick: bool) -> dict | 
             return None
     if not (adapt_dir / "summary.json").exists():
         t0 = time.time()
-        rc = run([sys.executable, "-m", "metawm.adapt", f"checkpoint={train_dir}", f"+task={suite}", "split=test",
+        rc = run([sys.executable, "-m", "metawm.adapt", f"checkpoint={train_dir}", f"+task={cfg.get('task', suite)}", "split=test",
                   f"shots={cfg['shots']}", f"seeds={cfg['adapt_seeds']}", f"eval.tasks={cfg['tasks']}",
                   "eval.episodes=2", "progress=false", *cfg.get("extra", []), "seed=100", f"run_dir={adapt_dir}"], log)
         print(f"adapt {suite} {learner} s{seed}: rc={rc} {time.time() - t0:.0f}s", flush=True)
@@ -151,6 +159,7 @@ def fmt(values: list[float]) -> str:
 def table(root: Path) -> str:
     lines = []
     for suite, cfg in SUITES.items():
+        gridworld = cfg.get("task", suite) == "gridworld_goals"
         rows = {}
         for learner in cfg["learners"]:
             for d in sorted((root / suite / learner).glob("s*-adapt")) if (root / suite / learner).exists() else []:
@@ -160,7 +169,7 @@ def table(root: Path) -> str:
             continue
         K = cfg["shots"]
         lines += [f"\n### {suite} (test split; mean ± 95% CI over training seeds; n = seeds)\n"]
-        if suite == "gridworld_goals":
+        if gridworld:
             lines += ["| checkpoint | method | n | ep1 | ep2 | ep3 | ep4 | BAMDP return |", "|---|---|---|---|---|---|---|---|"]
             for learner, sums in rows.items():
                 for method in ("meta", "finetune", "scratch"):

@@ -355,6 +355,16 @@ def test_value_warmup_freezes_the_policy_then_releases_it():
     assert other.imag_steps == 3
 
 
+def test_loaded_optimizer_state_keeps_the_new_presets_learning_rates():
+    """A later phase may change a learning rate (agent.overrides.lr_value=...): loading the earlier
+    phase's optimizer state must not bring its learning rate back."""
+    agent = Dreamer4Agent(VECTOR, size="tiny")
+    other = Dreamer4Agent(VECTOR, size="tiny", overrides={"lr_value": 0.0123})
+    other.load_state_dict(agent.state_dict())
+    assert other.optims["value"].param_groups[0]["lr"] == 0.0123
+    assert other.optims["policy"].param_groups[0]["lr"] == agent.preset.lr_policy
+
+
 def test_same_seed_same_training():
     def run():
         torch.manual_seed(3)

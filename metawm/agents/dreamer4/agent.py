@@ -331,6 +331,7 @@ class Dreamer4Agent:
                   "policy": (p.lr_policy, ("heads.policy.",)), "value": (p.lr_value, ("heads.value.",))}
         self.groups = {g: [prm for n, prm in self.model.named_parameters() if n.startswith(prefixes)]
                        for g, (_, prefixes) in groups.items()}
+        self.lrs = {g: lr for g, (lr, _) in groups.items()}
         self.optims = {g: torch.optim.AdamW(self.groups[g], lr=lr, weight_decay=p.weight_decay, eps=1e-8)
                        for g, (lr, _) in groups.items()}
 
@@ -491,6 +492,8 @@ class Dreamer4Agent:
         self.model.load_state_dict(state["model"])
         for k, o in self.optims.items():
             o.load_state_dict(state["optims"][k])
+            for group in o.param_groups:  # the saved state carries its lr; this agent's preset decides
+                group["lr"] = self.lrs[k]
         self.grad_steps = int(state["grad_steps"])
         self.imagining = bool(state["imagining"])
         self.imag_steps = int(state.get("imag_steps", 0))

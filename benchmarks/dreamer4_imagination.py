@@ -11,6 +11,7 @@ is less noisy), per seed and on average, and plots eval return against imaginati
     python benchmarks/dreamer4_imagination.py --seeds 0 1 2 --root /tmp/d4ev \\
         --out benchmarks/results/dreamer4_imagination -- +task=point_nav pixels=16 agent.size=small
     # phase lengths: --record-steps, --tokenizer-steps, --dynamics-steps, --finetune-steps, --imagine-steps
+    # --imagine-args: overrides of the imagine phase only (discount, learning rates, value warm-up)
 
 Everything after ``--`` is passed to every command (task, pixels, model size, ...).
 """
@@ -41,7 +42,7 @@ def run_pipeline(seed: int, run_dir: Path, extra: list[str], a: argparse.Namespa
         "finetune": [f"finetune.steps={a.finetune_steps}", f"eval.every={a.finetune_steps}",
                      f"eval.episodes={a.eval_episodes}", "log_every=100", "checkpoint_every=500"],
         "imagine": [f"imagine.steps={a.imagine_steps}", f"eval.every={a.eval_every}",
-                    f"eval.episodes={a.eval_episodes}", "log_every=10", "checkpoint_every=50"],
+                    f"eval.episodes={a.eval_episodes}", "log_every=10", "checkpoint_every=50", *a.imagine_args],
     }
     for cmd, args in steps.items():
         res = subprocess.run([sys.executable, "-m", "metawm.dreamer4", cmd, *common, *args], cwd=ROOT, env=env)
@@ -77,6 +78,8 @@ def main() -> None:
     ap.add_argument("--imagine-steps", type=int, default=500)
     ap.add_argument("--eval-every", type=int, default=50)
     ap.add_argument("--eval-episodes", type=int, default=10)
+    ap.add_argument("--imagine-args", nargs="*", default=[],
+                    help="overrides for the imagine phase only, e.g. agent.overrides.gamma=0.95")
     a = ap.parse_args(argv)
     root = Path(a.root)
     results = []
@@ -92,7 +95,7 @@ def main() -> None:
     if not results:
         raise SystemExit("no imagine results yet")
     n = len(results)
-    summary = {"args": extra, "seeds": [r["seed"] for r in results],
+    summary = {"args": extra, "imagine_args": a.imagine_args, "seeds": [r["seed"] for r in results],
                "bc_start_mean": sum(r["bc_start"] for r in results) / n,
                "end_mean": sum(r["end"] for r in results) / n,
                "last3_mean_mean": sum(r["last3_mean"] for r in results) / n,

@@ -365,6 +365,43 @@ def test_loaded_optimizer_state_keeps_the_new_presets_learning_rates():
     assert other.optims["policy"].param_groups[0]["lr"] == agent.preset.lr_policy
 
 
+def test_imagination_loss_is_differentiable_in_discount_and_lambda():
+    """meta.rule=meta_gradient hook: d loss / d (discount, lambda) of the imagination phase equals a
+    central finite difference, hparams=None is the loss at the agent's own values, and
+    set_hparams changes the loss and survives a checkpoint."""
+    torch.manual_seed(0)
+    agent = Dreamer4Agent(VECTOR, size="tiny")
+    fill(agent)
+    agent.train_step(("tokenizer", "dynamics", "agent", "imagination"))
+    with torch.no_grad():  # rewards and values of order 1 (the two-hot heads start at exactly 0)
+        for lin in [*agent.model.heads.reward.outs, *agent.model.heads.value.outs]:
+            lin.weight.normal_(0, 0.3)
+    batch = agent.sample_batch(torch.Generator().manual_seed(2), ("imagination",))
+    params = agent.params()
+    own = agent.hparams()
+    assert set(own) == {"discount", "lam"} and own["discount"] == agent.preset.gamma
+    base, _ = agent.loss(params, batch)
+    same, _ = agent.loss(params, batch, hparams={k: torch.tensor(v) for k, v in own.items()})
+    torch.testing.assert_close(base, same)
+    for name in ("discount", "lam"):
+        x = torch.tensor(0.9, dtype=torch.float64, requires_grad=True)
+        loss, _ = agent.loss(params, batch, hparams={name: x})
+        (grad,) = torch.autograd.grad(loss, [x])
+        eps = 1e-2
+        up = agent.loss(params, batch, hparams={name: 0.9 + eps})[0]
+        down = agent.loss(params, batch, hparams={name: 0.9 - eps})[0]
+        fd = (up - down).detach() / (2 * eps)
+        assert abs(float(grad)) > 0, name
+        assert abs(float(grad) - float(fd)) < 0.05 * abs(float(fd)) + 1e-6, (name, float(grad), float(fd))
+    agent.set_hparams({"discount": 0.8})
+    assert not torch.equal(agent.loss(params, batch)[0], base)
+    other = Dreamer4Agent(VECTOR, size="tiny")
+    other.load_state_dict(agent.state_dict())
+    assert other.hparams()["discount"] == 0.8
+    with pytest.raises(UserError, match="no hyperparameter"):
+        agent.set_hparams({"actent": 0.1})
+
+
 def test_same_seed_same_training():
     def run():
         torch.manual_seed(3)

@@ -1,8 +1,9 @@
 """Tier 2-3: every meta-learner x every agent meta-trains and adapts end to end through the real
 entry points (``metawm.train`` then ``metawm.adapt`` on its checkpoint), and a killed meta-training
 run resumes with a byte-identical ``metrics.jsonl``. ``meta=learned_rule`` runs its default rule
-(``learned_optimizer``) in the matrix; ``meta.rule=meta_gradient`` needs an agent hook that only
-DreamerV3 has, so it has its own tests below (DreamerV3 through the CLI, the others' clean refusal).
+(``learned_optimizer``) in the matrix; ``meta.rule=meta_gradient`` needs an agent hook that
+DreamerV3 and Dreamer 4 have, so it has its own tests below (both through the CLI, the others' clean
+refusal).
 
 The runs are in-process (``main(argv)``, the same code path as ``python -m``, without paying for
 a new interpreter and torch import per run); ``tests/test_adapt_cli.py`` runs the CLI in a
@@ -92,6 +93,22 @@ def test_meta_gradient_rl_with_dreamerv3_from_the_command_line(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "complete" and set(summary["methods"]) == {"meta", "finetune", "scratch"}
     assert summary["checkpoint_header"]["agent"] == "dreamerv3"
+
+
+@pytest.mark.slow
+def test_meta_gradient_rl_with_dreamer4_adapts_discount_and_lambda(tmp_path):
+    """The Dreamer 4 hook: once imagination training has started, the meta-gradient through the
+    value head's TD(lambda) targets moves gamma and lambda (the first outer step is pre-imagination
+    in the smoke schedule, so they only move in the second)."""
+    from metawm.train import main
+
+    run_dir = tmp_path / "run"
+    code = main(["+task=cartpole_physics", "agent=dreamer4", "meta=learned_rule", "meta.rule=meta_gradient",
+                 "+exp=smoke", "tracker=disabled", "progress=false", "plots=false", f"run_dir={run_dir}"])
+    assert code == 0
+    rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "rule/lam" in r]
+    assert len(rows) == 2
+    assert rows[-1]["rule/lam"] != pytest.approx(0.95, abs=1e-6) and rows[-1]["rule/discount"] != pytest.approx(0.997, abs=1e-7)
 
 
 @pytest.mark.parametrize("agent", ["mpc", "muzero"])

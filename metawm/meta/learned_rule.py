@@ -35,8 +35,10 @@ dict[str, float]`` (names among ``discount``, ``lam``, ``actent``), ``set_hparam
 has it (:meth:`~metawm.agents.dreamerv3.agent.DreamerV3Agent.set_hparams`: lambda-returns and
 advantages from *detached* model outputs, so that gradients reach gamma and lambda but not the
 networks; its discount, learned into the continue head, is applied as the head's continuation
-probability times gamma). The other agents do not; with them the rule stops with an error naming
-the hook.
+probability times gamma). Dreamer 4 has it for gamma and lambda of its imagined returns
+(:meth:`~metawm.agents.dreamer4.agent.Dreamer4Agent.set_hparams`; the meta-gradient reaches them
+through the value head's TD(lambda) targets, PMPO reading only the advantage's sign). MPC and
+MuZero do not; with them the rule stops with an error naming the hook.
 
 Both rules are evaluated as the issue asks: ``metawm.adapt`` trains a *fresh* agent on a held-out
 task with the learned rule (``meta`` rows) against the hand-designed rule (``scratch`` rows).

@@ -94,6 +94,8 @@ class Dreamer4Model(nn.Module):
         self.tokenizer = Tokenizer(env_spec.obs_space.shape, preset, perceptual)
         self.dynamics = Dynamics(self.codec, preset)
         self.heads = AgentHeads(preset.dyn_dim, self.codec, preset)
+        # discount and lambda of the imagined returns; meta.rule=meta_gradient may adapt them (set_hparams)
+        self.hp = {"discount": float(preset.gamma), "lam": float(preset.lam)}
         self.register_buffer("rms_sq", torch.zeros(len(TERMS)))
         self.register_buffer("rms_count", torch.zeros(len(TERMS)))
 
@@ -158,7 +160,7 @@ class Dreamer4Model(nn.Module):
             total = total + value / self.scale(name).detach()
             metrics[f"raw/{name}"] = value.detach()
         if "imagination" in phases:
-            loss_pi, loss_v, info = self.imagination_losses(batch, g)
+            loss_pi, loss_v, info = self.imagination_losses(batch, g, batch.get("hparams"))
             total = total + loss_pi + loss_v
             metrics.update(info)
         return total, metrics
@@ -244,14 +246,17 @@ class Dreamer4Model(nn.Module):
             hs.append(h)
         return {"h": torch.stack(hs, 1), "action": torch.stack(acts, 1)}
 
-    def imagination_losses(self, batch, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    def imagination_losses(self, batch, g: torch.Generator, hparams: Mapping[str, Any] | None = None
+                           ) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """Value (eq. 10) and PMPO policy (eq. 11) losses on an imagined rollout.
 
         R_t = r_{t+1} + gamma c_{t+1} ((1 - lambda) v_{t+1} + lambda R_{t+1}), R_H = v_H, with the
         reward r_t and continuation c_t of the state reached at t read from the MTP heads' n = 0
         outputs; states are weighted by the predicted probability of still being in the episode,
         w_t = prod_{k <= t} c_k (our addition, as in DreamerV3). A_t = R_t - v_t; only its sign
-        enters PMPO."""
+        enters PMPO. ``hparams`` ({"discount", "lam"}, floats or 0-d tensors) replaces the model's
+        gamma and lambda; the value loss is differentiable in them through its TD(lambda) targets
+        (PMPO, reading only the advantage's sign, is not)."""
         p, heads, codec = self.preset, self.heads, self.codec
         roll = self.imagine(batch, g, p.imag_horizon, p.k_sample)
         h, a = roll["h"], roll["action"]
@@ -262,7 +267,9 @@ class Dreamer4Model(nn.Module):
             prior = heads.prior_logits(h[:, :horizon])
         value_logits = heads.value(h)[..., 0, :]
         value = twohot_mean(value_logits.detach(), heads.bins)
-        ret = lambda_returns(reward[:, 1:].T, value[:, 1:].T, p.gamma * cont[:, 1:].T, p.lam, value[:, -1]).T
+        hp = {**self.hp, **(hparams or {})}  # tensors here make the losses differentiable in them
+        ret = lambda_returns(reward[:, 1:].T, value[:, 1:].T, hp["discount"] * cont[:, 1:].T, hp["lam"],
+                             value[:, -1]).T
         weight = torch.cumprod(torch.cat([torch.ones_like(cont[:, :1]), cont[:, 1:horizon]], 1), 1)
         loss_v = (weight * twohot_nll(value_logits[:, :horizon], ret, heads.bins)).mean()
         adv = ret - value[:, :horizon]
@@ -468,17 +475,45 @@ class Dreamer4Agent:
         out["action"] = torch.as_tensor(self.codec.normalize(arrays["action"]), device=self.device)
         return out
 
-    def loss(self, params: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor]
-             ) -> tuple[torch.Tensor, Metrics]:
+    def loss(self, params: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor],
+             hparams: Mapping[str, torch.Tensor | float] | None = None) -> tuple[torch.Tensor, Metrics]:
         """The loss of the batch's phases with ``params`` substituted (functional_call). Metrics are
-        tensors (detached) so that calling this stays cheap inside meta-gradients."""
+        tensors (detached) so that calling this stays cheap inside meta-gradients. ``hparams`` (any
+        of :meth:`hparams`, 0-d tensors) replaces the agent's values and the imagination phase's
+        value loss is differentiable in them (meta-gradient RL, see :meth:`set_hparams`)."""
+        if hparams:
+            unknown = set(hparams) - set(self.hparams())
+            if unknown:
+                raise UserError(f"Dreamer 4's loss has no hyperparameters {sorted(unknown)}; it has "
+                                f"{sorted(self.hparams())}.")
+            batch = {**batch, "hparams": {k: v.to(self.device) if isinstance(v, torch.Tensor) else float(v)
+                                          for k, v in hparams.items()}}
         return torch.func.functional_call(self.model, dict(params), (batch,), strict=False)
+
+    def hparams(self) -> dict[str, float]:
+        """The discount gamma and lambda of the imagined TD(lambda) returns (eq. 10), which
+        meta-gradient RL may adapt (``meta.rule=meta_gradient``, Xu et al. 2018)."""
+        return dict(self.model.hp)
+
+    def set_hparams(self, values: Mapping[str, float]) -> None:
+        """Set (any of) :meth:`hparams` for all further training; they are part of :meth:`state_dict`.
+
+        Both enter only the imagination phase's returns R_t (eq. 10), so a meta-gradient reaches them
+        through the value head's TD(lambda) targets; PMPO uses only the sign of R_t - v_t, which
+        has no gradient. Before imagination training starts the losses do not depend on them
+        (their meta-gradient is zero)."""
+        for k, v in values.items():
+            if k not in self.model.hp:
+                raise UserError(f"Dreamer 4 has no hyperparameter {k!r} to set; it has {sorted(self.model.hp)}.")
+            if not 0.0 <= float(v) <= 1.0:
+                raise UserError(f"Dreamer 4 hyperparameter {k}={float(v)} is outside [0, 1].")
+        self.model.hp.update({k: float(v) for k, v in values.items()})
 
     # -- persistence ---------------------------------------------------------------------------------
     def state_dict(self, *, replay: bool = False) -> dict[str, Any]:
         state = {"agent": self.name, "preset": self.preset.name, "model": self.model.state_dict(),
                  "optims": {k: o.state_dict() for k, o in self.optims.items()}, "grad_steps": self.grad_steps,
-                 "imagining": self.imagining, "imag_steps": self.imag_steps}
+                 "imagining": self.imagining, "imag_steps": self.imag_steps, "hparams": self.hparams()}
         if replay:
             state["dataset"] = self.dataset.state_dict()
         return state
@@ -497,6 +532,8 @@ class Dreamer4Agent:
         self.grad_steps = int(state["grad_steps"])
         self.imagining = bool(state["imagining"])
         self.imag_steps = int(state.get("imag_steps", 0))
+        if "hparams" in state:
+            self.set_hparams(state["hparams"])
         if "dataset" in state:
             self.dataset.load_state_dict(state["dataset"])
 

@@ -12,7 +12,8 @@ the training seeds (each seed's number is itself the mean over held-out tasks x 
 ``meta=none`` is the multi-task pretraining baseline; its ``finetune`` row is plain fine-tuning of
 a pretrained agent. On ``gridworld_goals`` the table compares VariBAD, the RL^2-style variant and
 the non-adaptive multi-task agent by sub-episode return of the first BAMDP (zero-shot), next to
-the known-goal oracle.
+the known-goal oracle; ``gridworld_paper`` is the same suite with VariBAD's own protocol (train and
+test goals drawn from all 21 cells), ``gridworld_goals`` the suite's split (5 goal cells held out).
 
 The agent is the small MPC world-model agent (``agent=mpc``): on this project's 2-core CPU
 machine it is the only agent with which 5 seeds x 3 learners x 2 suites fit in a few hours.
@@ -20,7 +21,7 @@ Runs are cached in ``--root`` (re-running skips finished runs), results go to
 ``<root>/results.json`` and the markdown table is printed.
 
     python benchmarks/meta_adaptation.py --suites point_nav cartpole_physics --seeds 0 1 2 3 4
-    python benchmarks/meta_adaptation.py --suites gridworld_goals --seeds 0 1 2 3 4
+    python benchmarks/meta_adaptation.py --suites gridworld_goals gridworld_paper --seeds 0 1 2 3 4
     python benchmarks/meta_adaptation.py --table            # print the table of what has finished
 """
 

@@ -30,7 +30,7 @@ Deviation: value warm-up. Phase 3 starts with a fresh value head (zero output) w
 returns are far from zero, so every advantage of the first updates has the same sign and PMPO,
 which reads only that sign, pushes the policy away from (or toward) whatever it sampled. The first
 ``value_warmup`` imagination updates train only the value head (the policy stays the BC copy);
-``value_warmup=0`` trains both from the start, as the paper does. On CartPole (small preset) with
+``value_warmup=0`` trains both from the start, as the paper does. On point_nav (small preset) with
 100 warm-up updates at lr_value 3e-4 the value was still far off the imagined returns when PMPO
 started (every advantage negative for the first ~180 updates); ``small`` uses 200 at 1e-3.
 
@@ -120,8 +120,8 @@ PRESETS: dict[str, Preset] = {
         bottleneck=4, dyn_dim=32, dyn_depth=4, dyn_heads=2, dyn_kv_heads=1, pack=2, registers=1, k_max=8,
         batch_size=4, batch_length=8, context=8, head_hidden=32, head_layers=1, mtp=2, bins=41,
         action_bins=5, k_sample=2, imag_horizon=3, imag_batch=4, imag_context=4, lr_tokenizer=1e-3, lr_dynamics=1e-3,
-        lr_policy=1e-4, lr_value=1e-3, value_warmup=0, train_ratio=16, learn_start=64, dynamics_start=10, imagination_start=30,
-        capacity=5000),
+        lr_policy=1e-4, lr_value=1e-3, value_warmup=0, train_ratio=16, learn_start=64, dynamics_start=10,
+        imagination_start=30, capacity=5000),
     "small": Preset(
         "small", tok_dim=64, tok_depth=2, tok_heads=4, tok_kv_heads=4, patch=4, vector_group=4, latents=8,
         bottleneck=8, dyn_dim=64, dyn_depth=8, dyn_heads=4, dyn_kv_heads=2, pack=2, registers=2,

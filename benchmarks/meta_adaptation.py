@@ -70,6 +70,11 @@ LEARNERS = {
     "varibad": ["meta=varibad", "meta.population=4", "meta.inner_steps=400", "meta.decode_state=false",
                 "meta.vae_updates=64"],
     "rl2": ["meta=varibad", "meta.encoder=none", "meta.rl2_inputs=true", "meta.population=4", "meta.inner_steps=400"],
+    # Learned optimizer (meta.rule=learned_optimizer): members are fresh agents trained for inner_steps env steps
+    # (the few-shot regime adapt measures: 3 episodes of point_nav) with the rule; its ``meta`` rows are a fresh
+    # agent trained with the learned rule, its ``scratch`` rows the same agent with Adam (the rule's nominal term).
+    "learned_opt": ["meta=learned_rule", "meta.rule=learned_optimizer", "meta.population=2", "meta.inner_steps=300",
+                    "meta.meta_lr=0.01"],
 }
 # All 21 goal cells of VariBAD's gridworld (neither the start (0, 0) nor next to it).
 ALL_CELLS = "[" + ",".join(f"[{x},{y}]" for x in range(5) for y in range(5) if x + y > 1 and (x, y) != (1, 1)) + "]"
@@ -93,7 +98,7 @@ GRIDWORLD = {"steps": 16000, "learners": ["varibad", "rl2", "none"], "shots": 1,
                              "meta.elbo_samples=20", "meta.decode_samples=20", "meta.explore_steps=4000"],
                  "rl2": ["meta.explore_steps=4000"], "none": ["agent.train_after=4000"]}}
 SUITES = {
-    "point_nav": {"steps": 20000, "learners": ["none", "maml", "reptile", "varibad"], "shots": 3, "tasks": 4,
+    "point_nav": {"steps": 20000, "learners": ["none", "maml", "reptile", "varibad", "learned_opt"], "shots": 3, "tasks": 4,
                   "adapt_seeds": 2,
                   # VariBAD's shots: the belief carries over from one adaptation episode to the next
                   "learner_extra": {"varibad": ["meta.adapt_persist=true"]}},

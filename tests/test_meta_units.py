@@ -272,22 +272,30 @@ def test_learned_optimizer_starts_as_adam_and_applies_its_outputs():
     assert state["t"] == 1
     torch.testing.assert_close(state["m"]["w"][1], 0.1 * g["w"])  # momentum at decay 0.9
     torch.testing.assert_close(state["v"]["w"], 0.001 * g["w"] ** 2)
-    with torch.no_grad():   # d = 0.5 everywhere, log-scale ln 2: delta = -lr * 2 * (adam + 0.5)
+    with torch.no_grad():   # raw d = 0.5 everywhere, raw log-scale ln 2, each bounded by 3 tanh(x / 3)
         rule.net[-1].bias.copy_(torch.tensor([0.5, math.log(2.0)]))
     new2, _ = learned_step(rule, p, g, init_state(p), torch.tensor(1.0), base_lr=0.01)
-    torch.testing.assert_close(new2["w"], p["w"] - 0.01 * 2 * (adam + 0.5), atol=1e-6, rtol=0)
+    d, s = 3 * math.tanh(0.5 / 3), 3 * math.tanh(math.log(2.0) / 3)   # 0.4954, 0.6824
+    torch.testing.assert_close(new2["w"], p["w"] - 0.01 * math.exp(s) * (adam + d), atol=1e-6, rtol=0)
+    with torch.no_grad():   # an exploded output is capped: step at most e^3 ~ 20x base_lr, |d| < 3
+        rule.net[-1].bias.copy_(torch.tensor([1e6, 1e6]))
+    new3, _ = learned_step(rule, p, g, init_state(p), torch.tensor(1.0), base_lr=0.01)
+    torch.testing.assert_close(new3["w"], p["w"] - 0.01 * math.exp(3) * (adam + 3), atol=1e-5, rtol=0)
+    with torch.no_grad():
+        rule.net[-1].bias.copy_(torch.tensor([0.5, math.log(2.0)]))
     # the update is differentiable w.r.t. the rule's parameters
+    new2, _ = learned_step(rule, p, g, init_state(p), torch.tensor(1.0), base_lr=0.01)
     new2["w"].sum().backward()
     assert rule.net[-1].bias.grad is not None and rule.net[-1].bias.grad.abs().sum() > 0
 
 
-def _ctx(suite="point_nav", **agent_kw):
+def _ctx(suite="point_nav", seed=1, **agent_kw):
     from metawm.agents.mpc import MPCAgent
     from metawm.infra.seeding import Seeds
     from metawm.meta.base import Context
     from metawm.tasks import load_suite
 
-    seeds = Seeds(1)
+    seeds = Seeds(seed)
 
     def make_agent(spec):
         seeds.seed_globals("init")
@@ -486,6 +494,31 @@ class HparamAgent:
     def load_state_dict(self, state):
         self.net.load_state_dict(state["net"])
         self.h = dict(state["h"])
+
+
+def test_learned_optimizer_adapts_a_fresh_agent_initialised_like_scratch():
+    """The ``meta`` row of learned_optimizer trains the same fresh agent as the ``scratch`` row (the
+    adaptation run's own initialization), so the two differ only in the update rule."""
+    from metawm.meta.base import fresh_agent
+    from metawm.meta.learned_rule import LearnedRule
+
+    trained = LearnedRule(population=1, inner_steps=120, updates_per_step=0.25, unroll=2, meta_lr=0.05)
+    trained.setup(_ctx(seed=1))
+    trained.outer_step(0)
+    adapt_ctx = _ctx(seed=100)
+    learner = LearnedRule(population=1, inner_steps=120, updates_per_step=0.25, unroll=2, meta_lr=0.05)
+    learner.setup(adapt_ctx)
+    learner.load_state_dict(trained.state_dict(replay=False))
+    agent = learner.adaptation_agent(learner.agent().state_dict(replay=False), seed=3)
+    scratch = fresh_agent(adapt_ctx.make_agent, adapt_ctx.tasks.env_spec, None, 3)
+    for name, p in scratch.params().items():
+        torch.testing.assert_close(agent.params()[name], p)
+    init = trained._init_state["model"]
+    assert any(not torch.equal(init[k], v) for k, v in scratch.model.state_dict().items())
+    # the learned rule, not the agent's Adam, trains it: a shot changes its parameters
+    rows = list(learner.adapt(agent, adapt_ctx.tasks.sample("test", 1, np.random.default_rng(0))[0], 1, seed=3))
+    assert len(rows) == 2 and agent.updates == 0
+    assert any(not torch.equal(agent.params()[n], p) for n, p in scratch.params().items())
 
 
 def test_meta_gradient_rl_step():

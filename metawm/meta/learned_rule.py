@@ -231,9 +231,15 @@ class LearnedRule(MetaLearnerBase):
 
     # -- adaptation: a fresh agent trained with the learned rule ------------------------------------
     def adaptation_agent(self, agent_state: Mapping[str, Any], seed: int) -> Agent:
+        """A *fresh* agent. learned_optimizer: initialised exactly as the ``scratch`` baseline (the
+        adaptation run's own initialization, not the one the rule was meta-trained from), so the
+        ``meta`` and ``scratch`` rows differ only in the update rule, and the rule is tested on an
+        initialization it has not seen. meta_gradient: the members' initialization with the
+        meta-learned hyperparameters."""
+        if self.rule_name == "learned_optimizer":
+            return fresh_agent(self.ctx.make_agent, self.ctx.tasks.env_spec, None, seed)
         agent = fresh_agent(self.ctx.make_agent, self.ctx.tasks.env_spec, self._init_state, seed)
-        if self.rule_name == "meta_gradient":
-            agent.set_hparams(self.hparams())
+        agent.set_hparams(self.hparams())
         return agent
 
     def adapt(self, agent: Agent, task: TaskSpec, shots: int, *, seed: int = 0,

@@ -17,9 +17,13 @@ features
 The update is a learned correction around Adam, so that an untrained rule is Adam with step
 ``base_lr`` and meta-training must earn any gain over it (the "nominal" term of Metz et al. 2022):
 
-    delta = -base_lr * exp(s) * (adam_direction + d),    (d, s) = f_phi(features),
+    delta = -base_lr * exp(s) * (adam_direction + d),    (d, s) = bound(f_phi(features)),
 
-with f_phi's last layer initialised to zero. Shapes: parameters and states are dicts of tensors of
+with f_phi's last layer initialised to zero. ``bound(x) = B tanh(x / B)`` (B = ``OUTPUT_BOUND``;
+identity near 0, so the untrained rule and its first meta-gradients are unchanged) caps a step at
+e^B ~ 20 times the nominal one: without it a meta-step that made s large once blew the inner
+agent's loss up to 1e14 (point_nav, MPC agent, meta_lr 0.01; Metz et al. 2020 likewise scale the
+MLP's outputs down for stability). Shapes: parameters and states are dicts of tensors of
 the parameters' shapes; the MLP sees (N, F) rows, N = the number of scalar parameters.
 """
 
@@ -36,6 +40,7 @@ TIMESCALES = (10.0, 100.0, 1000.0, 10000.0)
 BETA2 = 0.999
 EPS = 1e-8
 NUM_FEATURES = len(DECAYS) + 3 + len(TIMESCALES) + 1  # momenta, g, adam dir, param, time, loss
+OUTPUT_BOUND = 3.0  # |d| and |s| below this (soft, tanh)
 
 
 class RuleMLP(nn.Module):
@@ -92,6 +97,7 @@ def learned_step(rule: nn.Module, params: Mapping[str, torch.Tensor], grads: Map
         x = features(p, g, m, v, t, loss)
         out = rule(x) if rule_params is None else torch.func.functional_call(rule, dict(rule_params), (x,))
         adam = x[:, len(DECAYS) + 1].reshape(p.shape)
+        out = OUTPUT_BOUND * torch.tanh(out / OUTPUT_BOUND)
         direction, log_scale = out[:, 0].reshape(p.shape), out[:, 1].reshape(p.shape)
         new_params[name] = p - base_lr * torch.exp(log_scale) * (adam + direction)
         new_m[name], new_v[name] = m, v

@@ -14,7 +14,7 @@ import hashlib
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Collection
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -38,15 +38,23 @@ def locate(path: str) -> tuple[dict[str, Any], Path]:
                     "Pass a checkpoint inside its run directory (runs/.../checkpoints/latest.ckpt).")
 
 
-def build_config(cfg: DictConfig, run_cfg: DictConfig, header: dict[str, Any]) -> DictConfig:
-    """The training run's config with the adaptation's task, meta-learner, seed and device."""
+def build_config(cfg: DictConfig, run_cfg: DictConfig, header: dict[str, Any],
+                 meta_keys: Collection[str] = ()) -> DictConfig:
+    """The training run's config with the adaptation's task, meta-learner, seed and device.
+
+    ``meta=NAME`` naming another meta-learner uses that learner's config. Naming the checkpoint's
+    own learner (or none) keeps the checkpoint's meta config, with only the keys in ``meta_keys``
+    (those given as ``meta.KEY=...`` on the command line) replaced: the group's defaults must not
+    undo the run's settings (``meta=varibad meta.plan_belief=mean`` on a run trained with
+    ``meta.reward_likelihood=bernoulli`` rebuilt a Gaussian decoder)."""
     run = OmegaConf.to_container(run_cfg, resolve=True)
     task = OmegaConf.to_container(cfg.task, resolve=True)
     chosen = OmegaConf.to_container(cfg.meta, resolve=True) if "meta" in cfg and cfg.meta is not None else {}
     if chosen.get("name") and chosen["name"] != run["meta"]["name"]:
         meta = chosen  # another meta-learner's adaptation, with its own config
     else:
-        meta = {**run["meta"], **{k: v for k, v in chosen.items() if k in run["meta"]}}
+        given = set(meta_keys) if chosen.get("name") else set(chosen)  # +meta.KEY=...: only the given keys
+        meta = {**run["meta"], **{k: v for k, v in chosen.items() if k in given and k != "name"}}
     return OmegaConf.create({**run, "task": task, "meta": meta, "seed": int(cfg.seed), "device": cfg.device})
 
 
@@ -58,7 +66,7 @@ def check_shots(shots: Any) -> int:
     return shots
 
 
-def run(cfg: DictConfig) -> tuple[dict[str, Any], RunDir]:
+def run(cfg: DictConfig, meta_keys: Collection[str] = ()) -> tuple[dict[str, Any], RunDir]:
     from metawm.infra.plots import curves_with_bands
     from metawm.infra.tracking import ConsoleSink, JsonlSink
     from metawm.meta.base import Context
@@ -75,7 +83,7 @@ def run(cfg: DictConfig) -> tuple[dict[str, Any], RunDir]:
     payload, run_config = locate(str(cfg.checkpoint))
     header = payload["header"]
     run_cfg = configlib.load_run_config(run_config)
-    full = build_config(cfg, run_cfg, header)
+    full = build_config(cfg, run_cfg, header, meta_keys)
     built = build(full)
     built.tasks.check_split(str(cfg.split))
     ctx = Context(tasks=built.tasks, make_agent=built.make_agent, device=built.device, seeds=built.seeds)
@@ -185,7 +193,10 @@ def main(argv: list[str]) -> int:
     if show:
         print(configlib.to_yaml(cfg))
         return 0
-    summary, run_dir = run(cfg)
+    # the meta.KEY=... overrides given, which replace the checkpoint's own meta settings
+    meta_keys = {a.lstrip("+").split("=", 1)[0].split(".")[1] for a in argv
+                 if a.lstrip("+").startswith("meta.") and "=" in a}
+    summary, run_dir = run(cfg, meta_keys)
     lead = summary.get("headline", {})
     shown = "  ".join(f"{k}={v:.4g}" for k, v in lead.items() if k.endswith(("@0", f"@{summary.get('shots')}")))
     print(f"adaptation ({summary.get('split')}, {summary.get('shots')} shots): {shown}", file=sys.stderr)

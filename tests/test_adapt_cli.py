@@ -121,3 +121,23 @@ def test_cli_bad_input_in_a_subprocess(checkpoints, tmp_path):
     assert "meta=none and holds no varibad state" in " ".join(res.stderr.split())
     res = run_cli("metawm.adapt", "--help")
     assert res.returncode == 0 and "checkpoint=PATH" in res.stdout
+
+
+def test_meta_overrides_on_the_checkpoints_own_learner_keep_its_other_settings():
+    """``meta=varibad meta.plan_belief=mean`` on a VariBAD checkpoint changes plan_belief only: the
+    group's defaults must not undo how the run was trained (its decoder's likelihood, ...)."""
+    from metawm.adapt import build_config
+    from metawm.infra import config as configlib
+
+    run_cfg = configlib.compose("train", ["+task=gridworld_goals", "agent=mpc", "meta=varibad",
+                                          "meta.reward_likelihood=bernoulli", "meta.reward_range=[-0.1,1.0]",
+                                          "meta.explore_steps=400"])
+    for argv, keys in [(["meta=varibad", "meta.plan_belief=mean"], {"plan_belief"}),
+                       (["+meta.plan_belief=mean"], set())]:
+        cfg = configlib.compose("adapt", ["checkpoint=x", "+task=gridworld_goals", *argv])
+        meta = build_config(cfg, run_cfg, {}, keys).meta
+        assert meta.plan_belief == "mean"
+        assert meta.reward_likelihood == "bernoulli" and list(meta.reward_range) == [-0.1, 1.0]
+        assert meta.explore_steps == 400
+    cfg = configlib.compose("adapt", ["checkpoint=x", "+task=gridworld_goals", "meta=maml"])
+    assert build_config(cfg, run_cfg, {}).meta.name == "maml"   # another learner: its own config

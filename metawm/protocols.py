@@ -88,7 +88,9 @@ class Agent(Protocol):
     #                                        discount, lam, actent, differentiable (metawm/meta/learned_rule.py)
 
 
-AgentFactory = Callable[[EnvSpec], Agent]
+# make_agent(env_spec, init=None): a fresh agent; the same initial weights on every call, or with an
+# integer ``init`` another reproducible draw of them (meta=learned_rule's members, ``vary_init``).
+AgentFactory = Callable[..., Agent]
 
 
 @runtime_checkable

@@ -45,8 +45,9 @@ def build(cfg: DictConfig) -> Built:
     tasks = instantiate(cfg.task, "task suite")
     agent_partial = instantiate(strip_names(cfg.agent), f"agent {cfg.agent.name!r}")
 
-    def make_agent(env_spec):
-        seeds.seed_globals("init")  # the same initial weights whichever meta-learner asks
+    def make_agent(env_spec, init: int | None = None):
+        # the same initial weights whichever meta-learner asks; ``init`` picks another draw of them
+        seeds.seed_globals("init") if init is None else seeds.seed_globals("init", int(init))
         return agent_partial(env_spec=env_spec, device=device)
 
     # Build one agent now, so that an agent that cannot handle the suite says so before any run

@@ -297,8 +297,8 @@ def _ctx(suite="point_nav", seed=1, **agent_kw):
 
     seeds = Seeds(seed)
 
-    def make_agent(spec):
-        seeds.seed_globals("init")
+    def make_agent(spec, init=None):
+        seeds.seed_globals("init") if init is None else seeds.seed_globals("init", init)
         return MPCAgent(spec, size="tiny", candidates=16, horizon=3, **agent_kw)
 
     return Context(load_suite(suite), make_agent, torch.device("cpu"), seeds)
@@ -519,6 +519,27 @@ def test_learned_optimizer_adapts_a_fresh_agent_initialised_like_scratch():
     rows = list(learner.adapt(agent, adapt_ctx.tasks.sample("test", 1, np.random.default_rng(0))[0], 1, seed=3))
     assert len(rows) == 2 and agent.updates == 0
     assert any(not torch.equal(agent.params()[n], p) for n, p in scratch.params().items())
+
+
+def test_learned_optimizer_members_start_from_their_own_initial_weights():
+    """vary_init (default): each member is a fresh draw of the agent's initial weights, reproducible
+    from its seed; vary_init=false: every member starts from the learner's one initialization.
+    (20 env steps: below the tiny MPC agent's train_after, so no update moves the weights.)"""
+    from metawm.meta.learned_rule import LearnedRule
+
+    spec = None
+    for vary in (True, False):
+        learner = LearnedRule(population=1, inner_steps=20, vary_init=vary)
+        learner.setup(_ctx())
+        spec = learner.ctx.tasks.sample("train", 1, np.random.default_rng(0))[0]
+        w = [learner._train_with_rule(spec, seed, meta_train=False)[1].model[0].weight for seed in (1, 2, 1)]
+        init = learner._init_state["model"]["0.weight"]
+        if vary:
+            assert not torch.equal(w[0], w[1]) and not torch.equal(w[0], init)
+            torch.testing.assert_close(w[0], w[2])
+        else:
+            for x in w:
+                torch.testing.assert_close(x, init)
 
 
 def test_meta_gradient_rl_step():

@@ -6,7 +6,9 @@ parameter, over its gradient, momenta at four decay rates, Adam's direction, the
 loss/step features, giving a correction around Adam. It replaces the agent's optimizer. Meta-
 training, each outer step, for a population of tasks:
 
-1. a *fresh* agent (the agent's own initialization) collects ``inner_steps`` env steps on its task
+1. a *fresh* agent (with ``vary_init``, the default, its own random draw of the agent's initial
+   weights, as Metz et al. meta-train over initializations; otherwise the agent's one
+   initialization) collects ``inner_steps`` env steps on its task
    and, ``updates_per_step`` times per env step, updates its parameters (``meta.part``) with the
    learned rule on a batch from its replay - functionally, theta_{i+1} = theta_i + delta_phi(...);
 2. **truncated meta-gradients**: after every ``unroll`` updates the meta-loss - the mean of the
@@ -77,7 +79,8 @@ class LearnedRule(MetaLearnerBase):
     def __init__(self, rule: str = "learned_optimizer", population: int = 4, inner_steps: int = 1000,
                  part: str = "all", updates_per_step: float = 0.5, unroll: int = 8, base_lr: float = 1e-3,
                  hidden: int = 32, second_order: bool = False, meta_lr: float = 1e-3, meta_grad_clip: float = 1.0,
-                 meta_every: int = 50, inner_lr: float = 1e-2, envs_per_task: int = 1, eval_shots: int = 0):
+                 meta_every: int = 50, inner_lr: float = 1e-2, envs_per_task: int = 1, eval_shots: int = 0,
+                 vary_init: bool = True):
         self.eval_shots = int(eval_shots)
         if rule not in RULES:
             raise choices_error("learned rule (meta.rule)", rule, RULES)
@@ -87,6 +90,7 @@ class LearnedRule(MetaLearnerBase):
         self.hidden, self.second_order = int(hidden), bool(second_order)
         self.meta_lr, self.meta_grad_clip = float(meta_lr), float(meta_grad_clip)
         self.meta_every, self.inner_lr, self.envs_per_task = int(meta_every), float(inner_lr), int(envs_per_task)
+        self.vary_init = bool(vary_init)
         self.env_steps = 0
         self.member_clock = 0  # meta_gradient: env steps each persistent member has trained for
 
@@ -162,7 +166,11 @@ class LearnedRule(MetaLearnerBase):
         """A fresh agent collects ``inner_steps`` env steps on ``spec`` and trains with the learned
         rule; with ``meta_train`` the truncated meta-gradient is accumulated into the rule."""
         with isolated_rng(seed):
-            agent = fresh_agent(self.ctx.make_agent, self.ctx.tasks.env_spec, self._init_state, seed)
+            if self.vary_init:  # the member's own draw of the initial weights (the rule must not fit one)
+                agent = fresh_agent(lambda env_spec: self.ctx.make_agent(env_spec, init=seed), self.ctx.tasks.env_spec,
+                                    None, seed)
+            else:
+                agent = fresh_agent(self.ctx.make_agent, self.ctx.tasks.env_spec, self._init_state, seed)
             trainer = RuleTrainer(self, agent, spec, seed, meta_train=meta_train)
             episodes = trainer.run(steps=self.inner_steps)
             trainer.finish()

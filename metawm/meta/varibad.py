@@ -20,6 +20,10 @@ The story:
    that declares context dims (``set_context_dims``, agent=mpc) treats [mu, logvar] as context:
    its model does not spend capacity predicting how the belief changes, and imagination holds the
    belief at the root's value (no anticipated information gain, as in the planning reward below).
+   Where the tasks differ only in their rewards (``gridworld_goals``, ``point_nav``) pass
+   ``agent.context_inputs=false`` too, so that the dynamics model does not see the belief at all:
+   fed the (stale, replayed) beliefs, a gridworld model put 13% of its one-step predictions in a
+   wrong cell, and 0% without them (benchmarks/meta_adaptation.py, seed 0).
    A *planning* agent (``agent=mpc``) plans with VariBAD's reward decoder instead of its own
    reward head (``plan_with_decoder``): the imagined reward is E[r | s, a, s', m] under beliefs
    m ~ q(m | tau_{:t}) of the state planning starts from - averaged over ``plan_samples`` of them

@@ -542,6 +542,38 @@ def test_learned_optimizer_members_start_from_their_own_initial_weights():
                 torch.testing.assert_close(x, init)
 
 
+def test_learned_optimizer_relative_meta_loss_divides_by_the_unrolls_starting_loss():
+    """meta_loss=relative: the meta-gradient of an unroll is the absolute one divided by |L| at the
+    unroll's start (same parameters, same batches)."""
+    from metawm.envs.rollout import Collector
+    from metawm.meta.learned_rule import LearnedRule, RuleTrainer
+
+    ctx = _ctx()
+    spec = ctx.tasks.sample("train", 1, np.random.default_rng(0))[0]
+    agent = ctx.make_agent(ctx.tasks.env_spec)
+    collector = Collector([ctx.tasks.make_env(spec)], ctx.tasks.env_spec, [0])
+    while agent.sample_batch(torch.Generator().manual_seed(0)) is None:
+        collector.step(agent, explore=True)
+    from metawm.meta.base import load_params
+
+    theta0 = {k: v.detach().clone() for k, v in agent.params().items()}
+    grads, start = {}, {}
+    for mode in ("absolute", "relative"):
+        load_params(agent, theta0)   # the update writes the new parameters into the agent
+        learner = LearnedRule(population=1, unroll=1, meta_loss=mode)
+        learner.setup(ctx)
+        learner.rule.net[-1].weight.data.fill_(0.01)   # a rule whose outputs depend on its inputs
+        trainer = RuleTrainer(learner, agent, spec, seed=3, meta_train=True)
+        assert trainer._update()
+        grads[mode] = learner.rule.net[0].weight.grad.clone()
+        start[mode] = trainer.losses[-1]
+    assert start["absolute"] == pytest.approx(start["relative"]) and start["absolute"] > 0
+    assert grads["absolute"].abs().sum() > 0
+    torch.testing.assert_close(grads["relative"] * start["relative"], grads["absolute"], rtol=1e-4, atol=1e-7)
+    with pytest.raises(Exception, match="meta.meta_loss"):
+        LearnedRule(meta_loss="log")
+
+
 def test_meta_gradient_rl_step():
     """Xu et al. eq. 1-4 on a small agent: the learner's gradient w.r.t. the (unconstrained)
     hyperparameters equals an independent autograd computation of d J'(theta - alpha grad L(theta; eta); eta_bar) / d eta,

@@ -12,11 +12,19 @@ training, each outer step, for a population of tasks:
    and, ``updates_per_step`` times per env step, updates its parameters (``meta.part``) with the
    learned rule on a batch from its replay - functionally, theta_{i+1} = theta_i + delta_phi(...);
 2. **truncated meta-gradients**: after every ``unroll`` updates the meta-loss - the mean of the
-   agent's loss L(theta_{i+1}; fresh batch) over the unroll - is backpropagated into phi through
+   agent's loss L(theta_{i+1}; fresh batch) over the unroll, divided (``meta_loss=relative``, the
+   default) by |L| at the unroll's start, held constant - is backpropagated into phi through
    the unroll, then theta and the rule's state are detached (the truncation). By default the
    inner gradients are treated as constants (``second_order=false``: no Hessian-vector terms;
    cheap, and less prone to the exploding meta-gradients of long unrolls, Metz et al. 2019);
 3. phi takes one Adam step (``meta_lr``, clipped to ``meta_grad_clip``) on the population's sum.
+
+Why relative (our choice; Andrychowicz et al. sum the plain losses): a member's loss falls by one or
+two orders of magnitude over its run, so with the plain loss the first unrolls dominate the
+meta-gradient and the rule learns to be fast early at any later cost (point_nav: ``meta_loss=absolute``
+rules were 10x faster than Adam over the first 20 updates and ended 2-20x above it after 150; see
+benchmarks/learned_optimizer.py). Dividing each unroll by its starting loss weighs a halving of the
+loss the same early and late.
 
 We chose truncated meta-gradients over evolution strategies: the agents' losses are differentiable
 functions of their parameters (the Agent protocol exposes them), and for the small rule (~1.5k
@@ -65,6 +73,7 @@ from metawm.protocols import Agent
 from metawm.types import Metrics, TaskSpec
 
 RULES = ("learned_optimizer", "meta_gradient")
+META_LOSSES = ("relative", "absolute")
 HPARAM_TRANSFORMS = {  # unconstrained value <-> hyperparameter
     "discount": (lambda x: torch.sigmoid(x), lambda v: math.log(v / (1 - v))),
     "lam": (lambda x: torch.sigmoid(x), lambda v: math.log(v / (1 - v))),
@@ -80,7 +89,7 @@ class LearnedRule(MetaLearnerBase):
                  part: str = "all", updates_per_step: float = 0.5, unroll: int = 8, base_lr: float = 1e-3,
                  hidden: int = 32, second_order: bool = False, meta_lr: float = 1e-3, meta_grad_clip: float = 1.0,
                  meta_every: int = 50, inner_lr: float = 1e-2, envs_per_task: int = 1, eval_shots: int = 0,
-                 vary_init: bool = True):
+                 vary_init: bool = True, meta_loss: str = "relative"):
         self.eval_shots = int(eval_shots)
         if rule not in RULES:
             raise choices_error("learned rule (meta.rule)", rule, RULES)
@@ -91,6 +100,9 @@ class LearnedRule(MetaLearnerBase):
         self.meta_lr, self.meta_grad_clip = float(meta_lr), float(meta_grad_clip)
         self.meta_every, self.inner_lr, self.envs_per_task = int(meta_every), float(inner_lr), int(envs_per_task)
         self.vary_init = bool(vary_init)
+        if meta_loss not in META_LOSSES:
+            raise choices_error("meta-loss of the learned optimizer (meta.meta_loss)", meta_loss, META_LOSSES)
+        self.meta_loss = str(meta_loss)
         self.env_steps = 0
         self.member_clock = 0  # meta_gradient: env steps each persistent member has trained for
 
@@ -348,7 +360,9 @@ class RuleTrainer:
             g = {k: v.detach() for k, v in g.items()}
         if self.meta_train:
             theta, self.state = learned_step(l.rule, theta, g, self.state, loss.detach(), l.base_lr)
-            self.meta_terms.append(agent.loss(theta, agent.sample_batch(self.gen))[0])
+            if not self.meta_terms:   # the unroll's starting loss: the scale of a relative meta-loss
+                self.unroll_scale = loss.detach().abs() + 1e-8 if l.meta_loss == "relative" else 1.0
+            self.meta_terms.append(agent.loss(theta, agent.sample_batch(self.gen))[0] / self.unroll_scale)
             if len(self.meta_terms) >= l.unroll:
                 self._meta_backward()
         else:

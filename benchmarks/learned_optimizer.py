@@ -15,8 +15,14 @@ ratio learned / Adam, and how many Adam updates reach the loss the learned rule 
 fresh agent after 0..K episodes, where planning and exploration add their noise; this script
 isolates the optimizer.)
 
-    python benchmarks/learned_optimizer.py --run runs/bench/lr_try/point_nav/learned_opt/s0 \\
+    python benchmarks/meta_adaptation.py --suites point_nav --learners learned_opt --root runs/bench/lr
+    python benchmarks/learned_optimizer.py --run runs/bench/lr/point_nav/learned_opt/s{0,1,2,3,4} \\
         --task point_nav --tasks 8 --updates 150
+
+Measured (5 meta-training seeds x the same 8 test tasks, so Adam's 8 curves recur in the 40 pairs):
+learned / Adam validation loss 0.49 +- 0.06 after 10 updates, 0.24 +- 0.07 after 20, 0.17 +- 0.04
+after 50, 0.63 +- 0.10 after 100, 1.12 +- 0.16 after 150; Adam needs a median 110 updates to reach
+the rule's loss after 50.
 """
 
 from __future__ import annotations

@@ -29,7 +29,10 @@ The story:
    m ~ q(m | tau_{:t}) of the state planning starts from - averaged over ``plan_samples`` of them
    (the posterior predictive reward), at the mean, or one sample (posterior sampling, which
    explores): ``plan_belief`` and :meth:`BeliefAgent.planning_reward`. (Deviation: the paper trains a model-free policy on the belief; a planner
-   needs a belief-conditioned reward model, and the decoder is exactly that.)
+   needs a belief-conditioned reward model, and the decoder is exactly that.) The planner reads
+   the decoder at states no trajectory in the VAE's buffer visited from such a history, where
+   nothing trains it: give the VAE covering data (``explore_members``; on gridworld, after a failed
+   first episode p(goal) fell to ~0 at unvisited cells too and the planner stalled).
 5. **Adaptation at test time is inference**: the belief is updated from the data the agent sees
    while acting; no gradient step is taken (``metawm.adapt`` meta rows: VariBAD's policy with
    belief inference; ``adapt_persist=true`` carries the belief across episodes of one task).

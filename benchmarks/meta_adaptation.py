@@ -131,6 +131,14 @@ SUITES = {
     "point_nav_paper": {"steps": 20000, "learners": ["none", "maml", "reptile", "varibad", "learned_opt"], "shots": 3,
                         "tasks": 4, "adapt_seeds": 2, "task": "point_nav",
                         "extra": ["task.splits.train.goal_angle.high=360.0", "task.splits.test.goal_angle.low=0.0"],
+                        # VariBAD: explore_steps + explore_members as on gridworld (without them, seed 0: training
+                        # return stayed ~-45, zero-shot -37.8; the reward decoder learns only where the VAE's
+                        # trajectories went). 5 seeds (runs/bench/pn_v6), return after 0/1/2/3 episodes: VariBAD
+                        # -28.9 +- 7.8 (per seed -27.3/-29.2/-27.9/-21.2/-38.7) / -32/-35/-35 against none + finetune
+                        # -50.9 +- 1.0 / -29/-23/-14: it adapts within the first episode, the multi-task agent sits at
+                        # the centre until fine-tuned. The carried belief (adapt_persist) gets worse across episodes: it
+                        # was trained on one-episode BAMDPs, never across a reset. The decoder's largest E[r] under the
+                        # belief stays ~-0.3 (not 0) inside the circle, so the planner never reaches the goal.
                         "learner_extra": {"varibad": ["meta.adapt_persist=true", "agent.context_inputs=false",
                                                       "meta.explore_steps=4000", "meta.explore_members=1"]}},
     "gridworld_goals": GRIDWORLD,

@@ -106,7 +106,8 @@ GRIDWORLD = {"steps": 16000, "learners": ["varibad", "rl2", "none"], "shots": 1,
              # 5 seeds, BAMDP return: 11.0 +- 10.2 without (25.6/6.7/7.0/6.8/8.9), 13.4 +- 6.2 with it
              # (12.3/6.4/14.8/13.0/20.3). Caution: a BAMDP's return is bimodal (-6 or 18-42) and, the prior belief
              # being the same for every task, one adaptation seed fixes the opening path for all tasks: 2 adapt seeds
-             # are ~2 independent draws per checkpoint. More adapt_seeds would make these figures firmer.
+             # are ~2 independent draws per checkpoint. With 10 (`metawm.adapt ... seeds=10 seed=200 methods=[meta]` on the
+             # explore_members=1 checkpoints): 7.0 +- 5.3 (4.8/1.1/10.0/7.0/11.9), so the 2-seed figures ran high.
              "learner_extra": {
                  "varibad": ["agent.context_inputs=false",
                              "meta.reward_likelihood=bernoulli", "meta.reward_range=[-0.1,1.0]",

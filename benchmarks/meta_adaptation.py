@@ -115,11 +115,12 @@ GRIDWORLD = {"steps": 16000, "learners": ["varibad", "rl2", "none"], "shots": 1,
                              "meta.elbo_samples=20", "meta.decode_samples=20", "meta.explore_steps=4000",
                              "meta.explore_members=1"],
                  "rl2": ["meta.explore_steps=4000"], "none": ["agent.train_after=4000"]}}
+POINT_NAV = {"steps": 20000, "learners": ["none", "maml", "reptile", "varibad", "learned_opt"], "shots": 3, "tasks": 4,
+             "adapt_seeds": 2,
+             # VariBAD's shots: the belief carries over from one adaptation episode to the next
+             "learner_extra": {"varibad": ["meta.adapt_persist=true"]}}
 SUITES = {
-    "point_nav": {"steps": 20000, "learners": ["none", "maml", "reptile", "varibad", "learned_opt"], "shots": 3, "tasks": 4,
-                  "adapt_seeds": 2,
-                  # VariBAD's shots: the belief carries over from one adaptation episode to the next
-                  "learner_extra": {"varibad": ["meta.adapt_persist=true"]}},
+    "point_nav": POINT_NAV,
     # 5 seeds (runs/bench/cp_v1), return after 0/1/2/3 episodes (mean over 0..3): none + finetune 167/134/120/134
     # (139 +- 36), MAML 74/40/40/47 (50 +- 36), Reptile 132/39/30/32 (58 +- 24), scratch 25/29/18/17. Neither
     # meta-learner beats multi-task pretraining, and gradient adaptation on a few episodes lowers every
@@ -130,8 +131,7 @@ SUITES = {
     # (here the whole circle), so a "new task" is a new draw from the training distribution; the suite's test
     # split above holds out a quadrant instead. 5 seeds (runs/bench/pn_v6), mean over 0..3 episodes: none + finetune
     # -29.0 +- 3.9, MAML -81.2 +- 33.9, Reptile -48.1 +- 12.9, VariBAD -32.9 +- 7.5 (but best at 0 episodes, below).
-    "point_nav_paper": {"steps": 20000, "learners": ["none", "maml", "reptile", "varibad", "learned_opt"], "shots": 3,
-                        "tasks": 4, "adapt_seeds": 2, "task": "point_nav",
+    "point_nav_paper": {**POINT_NAV, "task": "point_nav",
                         "extra": ["task.splits.train.goal_angle.high=360.0", "task.splits.test.goal_angle.low=0.0"],
                         # VariBAD: explore_steps + explore_members as on gridworld (without them, seed 0: training
                         # return stayed ~-45, zero-shot -37.8; the reward decoder learns only where the VAE's

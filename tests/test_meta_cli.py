@@ -146,7 +146,7 @@ class Crash(BaseException):
 @pytest.mark.parametrize("meta, extra", [
     ("maml", ["meta.meta_sgd=true"]),
     ("reptile", []),
-    ("varibad", ["meta.elbo_samples=8", "meta.decode_samples=16", "meta.vae_updates=2"]),
+    ("varibad", ["meta.elbo_samples=8", "meta.decode_samples=16", "meta.vae_updates=2", "meta.episodes_per_task=2"]),
     ("learned_rule", []),
 ])
 def test_killed_meta_training_resumes_byte_identical(tmp_path, monkeypatch, meta, extra):

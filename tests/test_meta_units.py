@@ -231,6 +231,42 @@ def test_varibad_sample_episode_keeps_one_noise_draw_per_rollout():
         VariBAD(plan_belief="thompson")
 
 
+def test_varibad_carries_the_belief_across_episodes_of_one_task():
+    """meta.episodes_per_task=2: each member meets its task for two episodes in a row; the VAE's
+    trajectory runs across the reset through a boundary transition (zero action, zero reward, the new
+    start state) that the decoders do not reconstruct, and the acting encoder steps on the same
+    boundary transition instead of restarting from the prior."""
+    from metawm.infra.errors import UserError
+    from metawm.meta.varibad import VariBAD, pad_trajectories
+
+    vb = VariBAD(population=2, inner_steps=500, episodes_per_task=2, vae_updates=1, decode_state=False)
+    vb.setup(_ctx("point_nav"))
+    out = vb.outer_step(0)
+    ba = vb.belief_agent
+    assert len(ba.trajectories) == 2                     # one 2-episode trajectory per member (100 steps each)
+    for traj in ba.trajectories:
+        assert traj["rew"].shape == (201,) and traj["obs"].shape == (202, 2) and traj["act"].shape == (201, 2)
+        assert np.flatnonzero(traj["boundary"]).tolist() == [100]
+        assert traj["rew"][100] == 0.0 and not traj["act"][100].any()
+        np.testing.assert_array_equal(traj["obs"][101], np.zeros(2, np.float32))   # point_nav starts at the origin
+    assert vb.episodes_started == 4  # each member's second task has begun
+    assert {"train/return_task_ep1", "train/return_task_ep2"} <= set(out)
+    batch = pad_trajectories(ba.trajectories, "cpu")
+    assert batch["trans_mask"].sum() == 2 * 200 and batch["trans_mask"][:, 100].sum() == 0
+    # acting: at the first step of a continued episode h = GRU(h, 0, 0, s_0); of a new task, h = 0
+    h = torch.randn(2, vb.model.hidden)
+    step = {"obs": np.ones((2, 2), np.float32), "reward": np.array([0.5, 0.5], np.float32),
+            "is_first": np.array([True, True]), "is_last": np.array([False, False])}
+    ba.persist = np.array([True, False])
+    carry = {**ba.initial_carry(2), "h": h, "prev_action": torch.ones(2, 2)}
+    _, h1 = ba.augment(step, carry)
+    want = vb.model.step(h[:1], torch.zeros(1, 2), torch.zeros(1), torch.ones(1, 2))
+    torch.testing.assert_close(h1[:1], want)
+    torch.testing.assert_close(h1[1], torch.zeros(vb.model.hidden))
+    with pytest.raises(UserError, match="episodes_per_task"):
+        VariBAD(episodes_per_task=0)
+
+
 def test_vae_loss_trains_the_belief_to_separate_tasks():
     from metawm.meta.varibad import BeliefModel, pad_trajectories, vae_loss
     from metawm.ops.adam import Adam

@@ -153,19 +153,24 @@ class BeliefModel(nn.Module):
 
 
 def pad_trajectories(trajs: Sequence[Mapping[str, np.ndarray]], device) -> dict[str, torch.Tensor]:
-    """Stack trajectories of different lengths, zero-padded, with masks."""
+    """Stack trajectories of different lengths, zero-padded, with masks; ``trans_mask`` is 0 on
+    padding and on the boundary transitions between the episodes of a multi-episode trajectory."""
     L = max(len(t["rew"]) for t in trajs)
     B, D, A = len(trajs), trajs[0]["obs"].shape[-1], trajs[0]["act"].shape[-1]
     obs, act, rew = np.zeros((B, L + 1, D), np.float32), np.zeros((B, L, A), np.float32), np.zeros((B, L), np.float32)
     lengths = np.zeros(B, np.int64)
+    boundary = np.zeros((B, L), bool)
     for i, t in enumerate(trajs):
         n = len(t["rew"])
         obs[i, :n + 1], act[i, :n], rew[i, :n], lengths[i] = t["obs"], t["act"], t["rew"], n
+        if "boundary" in t:
+            boundary[i, :n] = t["boundary"]
     lengths_t = torch.as_tensor(lengths, device=device)
     steps = torch.arange(L + 1, device=device)
+    trans = (steps[None, :L] < lengths_t[:, None]) & ~torch.as_tensor(boundary, device=device)
     return {"obs": torch.as_tensor(obs, device=device), "act": torch.as_tensor(act, device=device),
             "rew": torch.as_tensor(rew, device=device), "belief_mask": (steps[None] <= lengths_t[:, None]).float(),
-            "trans_mask": (steps[None, :L] < lengths_t[:, None]).float()}
+            "trans_mask": trans.float()}
 
 
 def vae_loss(model: BeliefModel, batch: Mapping[str, torch.Tensor], *, elbo_samples: int | None,
@@ -229,7 +234,9 @@ class BeliefAgent:
         self.env_spec = inner.env_spec
         self.device = device
         self.act_dim = base_spec.num_actions
-        self.persist = False                       # carry the belief across episodes (adaptation)
+        # carry the belief across the start of an episode: one bool, or one per env (the trainer's
+        # multi-episode BAMDPs, ``episodes_per_task``); where False an episode starts from the prior
+        self.persist: bool | np.ndarray = False
         self.record = True                         # keep finished trajectories for the VAE
         self.trajectories: list[dict[str, np.ndarray]] = []
         self._partial: list[dict[str, list] | None] = []
@@ -304,19 +311,23 @@ class BeliefAgent:
     def augment(self, step: Step, carry: dict[str, Any]) -> tuple[np.ndarray, torch.Tensor]:
         obs = torch.as_tensor(step["obs"], dtype=torch.float32, device=self.device)
         first = torch.as_tensor(np.asarray(step["is_first"], bool), device=self.device)
-        reward = torch.as_tensor(np.asarray(step["reward"], np.float32), device=self.device)
+        reward = torch.as_tensor(np.asarray(step["reward"], np.float32), device=self.device) * (~first).float()
         prev_a = carry["prev_action"] * (~first)[:, None].float()
         parts = [obs]
         h = carry["h"]
         if self.model is not None:
             # a transition ended at obs unless it starts an episode; an episode starts from the prior
-            # (hidden state zero), or, when persisting across episodes, from the belief it had
+            # (hidden state zero), or, when persisting across episodes of one task, from the belief it
+            # had, stepped on a boundary transition (no action, no reward, the new start state), as the
+            # VAE's multi-episode trajectories encode it (:meth:`_record`)
             stepped = self.model.step(h, prev_a, reward, obs)
-            h = torch.where(first[:, None], h if self.persist else torch.zeros_like(h), stepped)
+            keep = torch.as_tensor(np.broadcast_to(np.asarray(self.persist, bool), first.shape).copy(),
+                                   device=self.device)
+            h = torch.where((first & ~keep)[:, None], torch.zeros_like(h), stepped)
             mu, logvar = self.model.belief(h)
             parts += [mu, logvar]
         if self.rl2_inputs:
-            parts += [prev_a, (reward * (~first).float())[:, None]]
+            parts += [prev_a, reward[:, None]]
         return torch.cat(parts, -1).cpu().numpy().astype(np.float32), h
 
     def act(self, step: Step, carry: dict[str, Any], *, explore: bool) -> tuple[np.ndarray, dict[str, Any]]:
@@ -346,21 +357,39 @@ class BeliefAgent:
             self._record(step)
 
     def _record(self, step: Step) -> None:
+        """Append the step to each env's trajectory; a finished one goes to the VAE's buffer. Where
+        the env's next episode continues the task (``persist`` True for it when its last step is
+        observed), the trajectory goes on across the reset: a boundary transition with a zero
+        action and zero reward leads from the final state to the new start state (what the encoder
+        steps on while acting, :meth:`augment`), flagged in ``boundary`` so that the decoders are
+        not asked to reconstruct it."""
         n = len(step["is_first"])
         if len(self._partial) != n:
             self._partial = [None] * n
         act = self._action_vec(step["action"]).cpu().numpy()
+        persist = np.broadcast_to(np.asarray(self.persist, bool), (n,))
         for i in range(n):
             cur = self._partial[i]
-            if step["is_first"][i] or cur is None:
-                cur = {"obs": [np.asarray(step["obs"][i], np.float32)], "act": [], "rew": []}
+            obs = np.asarray(step["obs"][i], np.float32)
+            if cur is not None and cur.get("continues") and step["is_first"][i]:
+                cur["obs"].append(obs)
+                cur["rew"].append(0.0)
+                cur["continues"] = False
+            elif step["is_first"][i] or cur is None:
+                cur = {"obs": [obs], "act": [], "rew": [], "boundary": []}
             else:
-                cur["obs"].append(np.asarray(step["obs"][i], np.float32))
+                cur["obs"].append(obs)
                 cur["rew"].append(float(step["reward"][i]))
-            if step["is_last"][i]:
+            if step["is_last"][i] and persist[i] and cur["rew"]:
+                cur["act"].append(np.zeros_like(act[i]))
+                cur["boundary"].append(len(cur["rew"]))
+                cur["continues"] = True
+            elif step["is_last"][i]:
                 if cur["rew"]:
+                    boundary = np.zeros(len(cur["rew"]), bool)
+                    boundary[cur.get("boundary", [])] = True
                     self.trajectories.append({"obs": np.stack(cur["obs"]), "act": np.stack(cur["act"]),
-                                              "rew": np.asarray(cur["rew"], np.float32)})
+                                              "rew": np.asarray(cur["rew"], np.float32), "boundary": boundary})
                 cur = None
             else:
                 cur["act"].append(act[i])
@@ -404,7 +433,8 @@ class VariBAD(MetaLearnerBase):
                  adapt_persist: bool = False, plan_with_decoder: bool = True, plan_belief: str = "average",
                  plan_samples: int = 8,
                  reward_inputs: str = "transition", reward_likelihood: str = "gaussian",
-                 reward_range: Sequence[float] | None = None, explore_members: int = 0, explore_steps: int = 0):
+                 reward_range: Sequence[float] | None = None, explore_members: int = 0, explore_steps: int = 0,
+                 episodes_per_task: int = 1):
         if encoder not in ("vae", "none"):
             raise UserError(f"meta.encoder={encoder!r} is not valid; use vae (VariBAD) or none (no belief; with "
                             "meta.rl2_inputs=true an RL^2-style baseline).")
@@ -427,6 +457,10 @@ class VariBAD(MetaLearnerBase):
         if not 0 <= self.explore_members < self.population:
             raise UserError(f"meta.explore_members must lie in [0, meta.population) = [0, {self.population}), got "
                             f"{explore_members}: at least one member must act with the agent's policy.")
+        self.episodes_per_task = int(episodes_per_task)
+        if self.episodes_per_task < 1:
+            raise UserError(f"meta.episodes_per_task must be >= 1 (consecutive episodes of one task, the belief carried "
+                            f"across them), got {episodes_per_task}.")
         self.explore_steps = int(explore_steps)
         if self.explore_steps < 0:
             raise UserError(f"meta.explore_steps must be >= 0 (env steps of uniformly random acting at the start), "
@@ -444,6 +478,7 @@ class VariBAD(MetaLearnerBase):
         self.plan_with_decoder, self.plan_belief, self.plan_samples = bool(plan_with_decoder), str(plan_belief), \
             max(1, int(plan_samples))
         self.env_steps, self.episodes_started = 0, 0
+        self.task_episodes: list[int] = []     # per env: episodes of its current task already finished
         self.collector: Collector | None = None
         self.specs: list[TaskSpec] = []
 
@@ -481,6 +516,7 @@ class VariBAD(MetaLearnerBase):
     def outer_step(self, iteration: int) -> Metrics:
         if self.collector is None:
             self.specs = [self._next_spec() for _ in range(self.population)]
+            self.task_episodes = [0] * self.population
             self._build_collector()
         # Random acting: the explore_members always, every member during the first explore_steps
         # (a warm-up on data that covers the task space, for the belief model and the agent's model).
@@ -494,11 +530,16 @@ class VariBAD(MetaLearnerBase):
             self.env_steps += n
             for ep in finished:
                 i = ep["env"]
-                ep["spec"] = self.specs[i]
+                ep["spec"], ep["task_episode"] = self.specs[i], self.task_episodes[i]
                 if not explorers[i]:  # the random explorers' returns say nothing of the policy
                     episodes.append(ep)
+                self.task_episodes[i] += 1
+                if self.task_episodes[i] < self.episodes_per_task:
+                    continue  # the same task again: the collector resets the env, the belief carries over
+                self.task_episodes[i] = 0
                 self.specs[i] = self._next_spec()
                 self.collector.envs[i] = self._new_env(self.specs[i], i)  # reset on the next step
+            self.belief_agent.persist = np.asarray(self.task_episodes) > 0
             m = self.belief_agent.update(self.env_steps)
             if m:
                 updates.append(m)
@@ -508,6 +549,11 @@ class VariBAD(MetaLearnerBase):
         out = {**summarize_episodes(episodes, "train"), **mean_metrics(updates), **mean_metrics(vae_rows),
                "env_steps": float(taken), "varibad/trajectories": float(len(buf))}
         out.update(_sub_episode_means(episodes, "train"))
+        if self.episodes_per_task > 1:  # the return of the k-th episode of a task, the belief carried
+            for k in range(self.episodes_per_task):
+                rets = [ep["return"] for ep in episodes if ep["task_episode"] == k]
+                if rets:
+                    out[f"train/return_task_ep{k + 1}"] = float(np.mean(rets))
         for ep in episodes:
             out[f"member/{ep['spec'].id}/return"] = ep["return"]
         return out
@@ -531,7 +577,13 @@ class VariBAD(MetaLearnerBase):
         all_eps = []
         for k, spec in enumerate(specs):
             all_eps += _belief_episodes(agent, self.ctx.tasks, spec, episodes, seed + 104729 * k)
-        return {**summarize_episodes(all_eps, prefix), **_sub_episode_means(all_eps, prefix)}
+        out = {**summarize_episodes(all_eps, prefix), **_sub_episode_means(all_eps, prefix)}
+        if self.episodes_per_task > 1:  # also one chain of episodes_per_task episodes per task, belief carried
+            chains = [_belief_chain(agent, self.ctx.tasks, spec, self.episodes_per_task, seed + 104729 * k + 1)
+                      for k, spec in enumerate(specs)]
+            for j, v in enumerate(np.mean(np.asarray(chains, np.float64), 0)):
+                out[f"{prefix}/return_task_ep{j + 1}"] = float(v)
+        return out
 
     def _plan(self, inner: Agent) -> tuple[str, int] | None:
         """How to plan with the reward decoder, or None: only a planning agent that takes an outside
@@ -585,6 +637,7 @@ class VariBAD(MetaLearnerBase):
         ba = self.belief_agent
         return {"agent": ba.inner.state_dict(replay=replay), "env_steps": self.env_steps,
                 "episodes_started": self.episodes_started, "specs": [s.to_dict() for s in self.specs],
+                "task_episodes": list(self.task_episodes),
                 "model": self.model.state_dict() if self.model is not None else None,
                 "opt": self.opt.state_dict() if self.opt is not None else None,
                 "gen": self.gen.get_state(),
@@ -604,6 +657,8 @@ class VariBAD(MetaLearnerBase):
         ba.trajectories = list(state["buffer"])
         ba._partial = state["partial"] or []
         self.specs = [TaskSpec.from_dict(d) for d in state["specs"]]
+        self.task_episodes = list(state.get("task_episodes", [0] * len(self.specs)))
+        ba.persist = np.asarray(self.task_episodes, int) > 0 if self.task_episodes else False
         self.collector = None
         if state.get("collector") is not None:
             self.collector = Collector([self.ctx.tasks.make_env(s) for s in self.specs], self.ctx.tasks.env_spec,
@@ -635,6 +690,15 @@ def _belief_episodes(agent: BeliefAgent, tasks, spec: TaskSpec, n: int, seed: in
             agent.persist = False
             env.close()
     return (out, h_end) if return_h else out
+
+
+def _belief_chain(agent: BeliefAgent, tasks, spec: TaskSpec, n: int, seed: int) -> list[float]:
+    """The greedy returns of ``n`` consecutive episodes of one task, the belief carried across them."""
+    returns, h = [], None
+    for e in range(n):
+        eps, h = _belief_episodes(agent, tasks, spec, 1, seed + 15485863 * e, h0=h, persist=True, return_h=True)
+        returns.append(eps[0]["return"])
+    return returns
 
 
 def _sub_episode_means(episodes: Sequence[dict], prefix: str) -> Metrics:

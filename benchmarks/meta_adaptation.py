@@ -70,6 +70,13 @@ LEARNERS = {
     # on [obs, belief] stays flat either way (max ~+0.04 vs +1), so returns barely move: see the report.
     "varibad": ["meta=varibad", "meta.population=4", "meta.inner_steps=400", "meta.decode_state=false",
                 "meta.vae_updates=64"],
+    # VariBAD on multi-episode BAMDPs (meta.episodes_per_task=3 = 1 + the 3 adaptation shots' worth of carried
+    # belief): a member meets its task for 3 episodes in a row, the belief carried across the resets, so that
+    # adapt_persist=true is what it was trained for. The ELBO subsamples 100 beliefs x 100 transitions of the
+    # 302-step trajectories (the cost of one 100-step episode in full).
+    "varibad_bamdp": ["meta=varibad", "meta.population=4", "meta.inner_steps=400", "meta.decode_state=false",
+                      "meta.vae_updates=64", "meta.episodes_per_task=3", "meta.elbo_samples=100",
+                      "meta.decode_samples=100"],
     "rl2": ["meta=varibad", "meta.encoder=none", "meta.rl2_inputs=true", "meta.population=4", "meta.inner_steps=400"],
     # Learned optimizer (meta.rule=learned_optimizer): members are fresh agents trained for inner_steps env steps
     # (the few-shot regime adapt measures: 3 episodes of point_nav) with the rule; its ``meta`` rows are a fresh
@@ -131,7 +138,7 @@ SUITES = {
     # (here the whole circle), so a "new task" is a new draw from the training distribution; the suite's test
     # split above holds out a quadrant instead. 5 seeds (runs/bench/pn_v6), mean over 0..3 episodes: none + finetune
     # -29.0 +- 3.9, MAML -81.2 +- 33.9, Reptile -48.1 +- 12.9, VariBAD -32.9 +- 7.5 (but best at 0 episodes, below).
-    "point_nav_paper": {**POINT_NAV, "task": "point_nav",
+    "point_nav_paper": {**POINT_NAV, "task": "point_nav", "learners": [*POINT_NAV["learners"], "varibad_bamdp"],
                         "extra": ["task.splits.train.goal_angle.high=360.0", "task.splits.test.goal_angle.low=0.0"],
                         # VariBAD: explore_steps + explore_members as on gridworld (without them, seed 0: training
                         # return stayed ~-45, zero-shot -37.8; the reward decoder learns only where the VAE's
@@ -142,7 +149,9 @@ SUITES = {
                         # was trained on one-episode BAMDPs, never across a reset. The decoder's largest E[r] under the
                         # belief often stays ~-0.3 (not 0), inside the circle: the planner then stops short of the goal.
                         "learner_extra": {"varibad": ["meta.adapt_persist=true", "agent.context_inputs=false",
-                                                      "meta.explore_steps=4000", "meta.explore_members=1"]}},
+                                                      "meta.explore_steps=4000", "meta.explore_members=1"],
+                                          "varibad_bamdp": ["meta.adapt_persist=true", "agent.context_inputs=false",
+                                                            "meta.explore_steps=4000", "meta.explore_members=1"]}},
     "gridworld_goals": GRIDWORLD,
     # VariBAD's own protocol (Zintgraf et al. 2020, sec. 5.1): train and test goals drawn from all 21 cells,
     # so a "new task" is a new draw from the training distribution. The suite's test split above holds

@@ -99,6 +99,24 @@ def test_help_and_cfg():
     assert res.returncode == 0 and "seed: 4" in res.stdout
 
 
+def test_help_piped_into_a_reader_that_closes_early_is_quiet():
+    """``python -m metawm.train --help | head -1``: the closed pipe is not a traceback. Here the
+    reader has gone before the first write, so the write fails every time (no race with ``head``)."""
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        res = subprocess.run([sys.executable, "-m", "metawm.train", "--help"], stdout=write_end,
+                             stderr=subprocess.PIPE, timeout=120)
+    finally:
+        os.close(write_end)
+    err = res.stderr.decode()
+    assert res.returncode == 0 and "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
 @pytest.mark.parametrize("suite", group_choices("task"))
 def test_every_suite_runs_a_random_smoke(tmp_path, suite):
     res = run_cli("metawm.train", f"+task={suite}", "agent=random", *SMOKE, f"run_dir={tmp_path}", timeout=600)

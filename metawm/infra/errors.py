@@ -8,6 +8,7 @@ their tracebacks.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import textwrap
 from typing import Callable, Iterable
@@ -37,13 +38,22 @@ def _fill(message: str) -> str:
 
 
 def cli(main: Callable[[list[str]], int | None]) -> Callable[[list[str] | None], int]:
-    """Wrap an entry point: UserError -> message on stderr and exit status 2."""
+    """Wrap an entry point: UserError -> message on stderr and exit status 2; a closed stdout pipe
+    -> a quiet exit."""
 
     @functools.wraps(main)
     def wrapper(argv: list[str] | None = None) -> int:
         argv = sys.argv[1:] if argv is None else argv
         try:
-            return int(main(argv) or 0)
+            code = int(main(argv) or 0)
+            sys.stdout.flush()  # a closed pipe (``--help | head``) surfaces here, not at interpreter exit
+            return code
+        except BrokenPipeError:
+            # the reader went away (``| head``): the output it wanted has been written; point stdout at
+            # devnull so that the interpreter's final flush does not print a traceback (Python docs,
+            # "Note on SIGPIPE" in the signal module)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
         except UserError as e:
             prog = getattr(main, "__module__", "metawm")
             if prog == "__main__":

@@ -39,6 +39,12 @@ The story:
 
 A gym episode is one rollout of one task; tasks are resampled per environment whenever its
 episode ends (so on ``gridworld_goals`` every 4-episode BAMDP has a new goal, as in the paper).
+``episodes_per_task=k`` makes a BAMDP of k consecutive episodes of one task for any suite: the
+env is reset between them, the belief is not (the encoder steps on a boundary transition - no
+action, no reward, the new start state - and the VAE's trajectory spans all k episodes, the
+decoders skipping the boundary), as the authors' wrapper does for their MuJoCo BAMDPs. The inner
+agent still sees k ordinary episodes, so its model learns no jump across the reset.
+``adapt_persist=true`` then carries the belief across adaptation episodes as in training.
 
 **RL^2-style baseline** in the same code: ``encoder=none rl2_inputs=true`` gives the agent
 [s_t, a_{t-1}, r_t] and no belief model, so only the agent's own recurrence (DreamerV3's RSSM) can

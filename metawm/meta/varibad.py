@@ -42,7 +42,7 @@ episode ends (so on ``gridworld_goals`` every 4-episode BAMDP has a new goal, as
 ``episodes_per_task=k`` makes a BAMDP of k consecutive episodes of one task for any suite: the
 env is reset between them, the belief is not (the encoder steps on a boundary transition - no
 action, no reward, the new start state - and the VAE's trajectory spans all k episodes, the
-decoders skipping the boundary), as the authors' wrapper does for their MuJoCo BAMDPs. The inner
+decoders skipping the boundary), like the authors' ``max_rollouts_per_task`` BAMDP wrapper. The inner
 agent still sees k ordinary episodes, so its model learns no jump across the reset.
 ``adapt_persist=true`` then carries the belief across adaptation episodes as in training.
 

@@ -80,6 +80,9 @@ LEARNERS = {
     "varibad_bamdp": ["meta=varibad", "meta.population=4", "meta.inner_steps=400", "meta.decode_state=false",
                       "meta.vae_updates=256", "meta.episodes_per_task=3", "meta.elbo_samples=25",
                       "meta.decode_samples=50"],
+    # VariBAD as above (one episode per task) with the VAE trained 4x longer, as in varibad_bamdp
+    "varibad_vae256": ["meta=varibad", "meta.population=4", "meta.inner_steps=400", "meta.decode_state=false",
+                       "meta.vae_updates=256", "meta.elbo_samples=25", "meta.decode_samples=50"],
     "rl2": ["meta=varibad", "meta.encoder=none", "meta.rl2_inputs=true", "meta.population=4", "meta.inner_steps=400"],
     # Learned optimizer (meta.rule=learned_optimizer): members are fresh agents trained for inner_steps env steps
     # (the few-shot regime adapt measures: 3 episodes of point_nav) with the rule; its ``meta`` rows are a fresh
@@ -141,7 +144,7 @@ SUITES = {
     # (here the whole circle), so a "new task" is a new draw from the training distribution; the suite's test
     # split above holds out a quadrant instead. 5 seeds (runs/bench/pn_v6), mean over 0..3 episodes: none + finetune
     # -29.0 +- 3.9, MAML -81.2 +- 33.9, Reptile -48.1 +- 12.9, VariBAD -32.9 +- 7.5 (but best at 0 episodes, below).
-    "point_nav_paper": {**POINT_NAV, "task": "point_nav", "learners": [*POINT_NAV["learners"], "varibad_bamdp"],
+    "point_nav_paper": {**POINT_NAV, "task": "point_nav", "learners": [*POINT_NAV["learners"], "varibad_bamdp", "varibad_vae256"],
                         "extra": ["task.splits.train.goal_angle.high=360.0", "task.splits.test.goal_angle.low=0.0"],
                         # VariBAD: explore_steps + explore_members as on gridworld (without them, seed 0: training
                         # return stayed ~-45, zero-shot -37.8; the reward decoder learns only where the VAE's
@@ -154,7 +157,9 @@ SUITES = {
                         "learner_extra": {"varibad": ["meta.adapt_persist=true", "agent.context_inputs=false",
                                                       "meta.explore_steps=4000", "meta.explore_members=1"],
                                           "varibad_bamdp": ["meta.adapt_persist=true", "agent.context_inputs=false",
-                                                            "meta.explore_steps=4000", "meta.explore_members=1"]}},
+                                                            "meta.explore_steps=4000", "meta.explore_members=1"],
+                                          "varibad_vae256": ["agent.context_inputs=false", "meta.explore_steps=4000",
+                                                             "meta.explore_members=1"]}},
     "gridworld_goals": GRIDWORLD,
     # VariBAD's own protocol (Zintgraf et al. 2020, sec. 5.1): train and test goals drawn from all 21 cells,
     # so a "new task" is a new draw from the training distribution. The suite's test split above holds

@@ -71,21 +71,21 @@ LEARNERS = {
     "varibad": ["meta=varibad", "meta.population=4", "meta.inner_steps=400", "meta.decode_state=false",
                 "meta.vae_updates=64"],
     # VariBAD on multi-episode BAMDPs (meta.episodes_per_task=3): a member meets its task for 3 episodes in a
-    # row, the belief carried across the resets, so that adapt_persist=true is what it was trained for.
-    # vae_updates=256 on 25 beliefs x 50 transitions: with 64 updates per outer step (3200 in all) the reward
-    # decoder had not learnt where the goal is (probe on seed 0: under a sharp belief its argmax stayed ~0.4-0.5
-    # from the goal, E[r] at the goal -0.6 where the truth is 0); offline on random-walk trajectories of 300
-    # tasks, the same VAE after 3000 updates put its argmax 0.24 from the goal, after 12000 0.09 (E[r | goal] -0.43
-    # -> -0.15; a wider decoder, the next state alone as its input, or kl_weight=0.1 did not do better at 3000).
+    # row, the belief carried across the resets, so that adapt_persist=true is what it was trained for; and with
+    # its VAE trained 4x longer (vae_updates=256 on 25 beliefs x 50 transitions). Why longer: with 64 updates per
+    # outer step (3200 in all) the reward decoder had not learnt where the goal is (probe on seed 0: under a sharp
+    # belief its argmax stayed ~0.4-0.5 from the goal, E[r] at the goal -0.6 where the truth is 0); offline on
+    # random-walk trajectories of 300 tasks, the same VAE put its argmax 0.24 from the goal after 3000 updates and
+    # 0.09 after 12000 (a wider decoder, the next state alone as its input, or kl_weight=0.1 did not do better).
+    # Measured on point_nav_paper (runs/bench/pn_v7, return after 0 -> 3 adaptation episodes): seeds 0-2 -38.6 ->
+    # -42.4, -52.3 -> -50.8, -52.7 -> -54.0 (with vae_updates=64 and the full ELBO, seeds 0-1: -40.7 -> -45.4,
+    # -37.5 -> -30.4): worse than one episode per task (-27.3 / -29.2 / -27.9 at 0) and no gain over the shots.
+    # The decoder still fits the rewards seen where the agent stands instead of the goal's cone (probe, seed 0).
     "varibad_bamdp": ["meta=varibad", "meta.population=4", "meta.inner_steps=400", "meta.decode_state=false",
                       "meta.vae_updates=256", "meta.episodes_per_task=3", "meta.elbo_samples=25",
                       "meta.decode_samples=50"],
-    # Measured (point_nav_paper, runs/bench/pn_v7, return after 0 -> 3 adaptation episodes): varibad_bamdp seeds 0-2
-    # -38.6 -> -42.4, -52.3 -> -50.8, -52.7 -> -54.0 (with vae_updates=64 and the full ELBO, seeds 0-1: -40.7 -> -45.4,
-    # -37.5 -> -30.4): worse than one episode per task (-27.3 / -29.2 / -27.9 at 0) and no gain over the shots.
-    # The decoder still fits the rewards seen where the agent stands instead of the goal's cone (probe, seed 0).
-    # VariBAD as above (one episode per task) with the VAE trained 4x longer, as in varibad_bamdp. Seeds 0-1:
-    # -37.4 and -31.9 at 0 episodes (vs -27.3 / -29.2 with 64 updates): more updates on the on-policy data did not help.
+    # One episode per task (as "varibad") with the VAE trained 4x longer (as "varibad_bamdp"). Seeds 0-1: -37.4 and
+    # -31.9 at 0 episodes (vs -27.3 / -29.2 with 64 updates): more updates on the on-policy data did not help.
     "varibad_vae256": ["meta=varibad", "meta.population=4", "meta.inner_steps=400", "meta.decode_state=false",
                        "meta.vae_updates=256", "meta.elbo_samples=25", "meta.decode_samples=50"],
     "rl2": ["meta=varibad", "meta.encoder=none", "meta.rl2_inputs=true", "meta.population=4", "meta.inner_steps=400"],
@@ -137,6 +137,9 @@ POINT_NAV = {"steps": 20000, "learners": ["none", "maml", "reptile", "varibad", 
              "adapt_seeds": 2,
              # VariBAD's shots: the belief carries over from one adaptation episode to the next
              "learner_extra": {"varibad": ["meta.adapt_persist=true"]}}
+# VariBAD on point_nav_paper: the planner's dynamics model does not see the belief (the goal changes the reward
+# only) and random acting covers the disc for the VAE (see "point_nav_paper" below)
+PN_VARIBAD = ["agent.context_inputs=false", "meta.explore_steps=4000", "meta.explore_members=1"]
 SUITES = {
     "point_nav": POINT_NAV,
     # 5 seeds (runs/bench/cp_v1), return after 0/1/2/3 episodes (mean over 0..3): none + finetune 167/134/120/134
@@ -159,12 +162,9 @@ SUITES = {
                         # the centre until fine-tuned. The carried belief (adapt_persist) gets worse across episodes: it
                         # was trained on one-episode BAMDPs, never across a reset. The decoder's largest E[r] under the
                         # belief often stays ~-0.3 (not 0), inside the circle: the planner then stops short of the goal.
-                        "learner_extra": {"varibad": ["meta.adapt_persist=true", "agent.context_inputs=false",
-                                                      "meta.explore_steps=4000", "meta.explore_members=1"],
-                                          "varibad_bamdp": ["meta.adapt_persist=true", "agent.context_inputs=false",
-                                                            "meta.explore_steps=4000", "meta.explore_members=1"],
-                                          "varibad_vae256": ["agent.context_inputs=false", "meta.explore_steps=4000",
-                                                             "meta.explore_members=1"]}},
+                        "learner_extra": {"varibad": ["meta.adapt_persist=true", *PN_VARIBAD],
+                                          "varibad_bamdp": ["meta.adapt_persist=true", *PN_VARIBAD],
+                                          "varibad_vae256": PN_VARIBAD}},
     "gridworld_goals": GRIDWORLD,
     # VariBAD's own protocol (Zintgraf et al. 2020, sec. 5.1): train and test goals drawn from all 21 cells,
     # so a "new task" is a new draw from the training distribution. The suite's test split above holds

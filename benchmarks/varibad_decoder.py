@@ -44,11 +44,12 @@ def on_circle(n: int, rng: np.random.Generator) -> np.ndarray:
     return 0.5 * np.stack([np.cos(ang), np.sin(ang)], -1)
 
 
-def run(variant: dict, updates: int, n_tasks: int, seed: int, horizon: int = 100) -> dict:
+def run(variant: dict, updates: int, n_tasks: int, seed: int, horizon: int = 100, data: list | None = None) -> dict:
+    """Train a fresh belief model on ``data`` (default: walks on ``n_tasks`` goals) and evaluate it."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    goals = on_circle(n_tasks, rng)
-    data = walks(goals, horizon, rng)
+    if data is None:
+        data = walks(on_circle(n_tasks, rng), horizon, rng)
     dims = {k: variant[k] for k in ("decoder_hidden", "reward_inputs", "hidden", "embed", "latent") if k in variant}
     model = BeliefModel(2, 2, decode_state=False, **dims)
     opt = torch.optim.Adam(model.parameters(), lr=variant.get("lr", 1e-3))
@@ -100,6 +101,16 @@ def from_run(run_dir: str) -> BeliefModel:
     return model.eval()
 
 
+def buffer_of(run_dir: str) -> list[dict]:
+    """The VAE's trajectory buffer saved in a run's latest checkpoint (a run with ``keep_replay=true``)."""
+    from metawm.infra import checkpoint
+
+    buf = checkpoint.load(run_dir)["state"]["meta"]["buffer"]
+    if not buf:
+        raise SystemExit(f"{run_dir}: the checkpoint holds no VAE buffer (train with keep_replay=true)")
+    return list(buf)
+
+
 def parse(spec: str) -> dict:
     out = {}
     for part in spec.split(",") if spec != "default" else []:
@@ -118,11 +129,14 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--runs", nargs="*", default=[],
                    help="instead of training: evaluate the belief models of these meta=varibad point_nav run dirs")
+    p.add_argument("--buffer", default=None,
+                   help="train on the VAE buffer of this meta=varibad point_nav run (keep_replay=true) instead of walks")
     a = p.parse_args()
     torch.set_num_threads(1)
     print(f"{'variant':32s} {'t':>3s} {'argmax->goal':>12s} {'E[r] at goal':>12s} {'belief std':>10s}")
+    data = buffer_of(a.buffer) if a.buffer else None
     for v in a.runs or a.variant:
-        r = evaluate(from_run(v), a.seed) if a.runs else run(parse(v), a.updates, a.tasks, a.seed)
+        r = evaluate(from_run(v), a.seed) if a.runs else run(parse(v), a.updates, a.tasks, a.seed, data=data)
         v = v[-32:]
         for t in (0, 25, 50, 99):
             d, g, s = r[f"t{t}"]

@@ -21,7 +21,7 @@ def load_script():
 
 
 @pytest.mark.parametrize("suite", ["point_nav", "cartpole_physics", "gridworld_goals", "point_nav_paper",
-                                   "gridworld_paper"])
+                                   "point_nav_paper_40k", "gridworld_paper"])
 def test_every_learner_and_suite_override_composes(suite):
     ma = load_script()
     extra = ma.SUITES[suite].get("extra", [])

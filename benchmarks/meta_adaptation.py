@@ -98,6 +98,10 @@ LEARNERS = {
     "varibad_enc128": ENC128,
     # the same on two-episode BAMDPs (the belief carried across one reset, as adapt_persist=true uses it)
     "varibad_enc128_bamdp": [*ENC128, "meta.episodes_per_task=2"],
+    # the authors' MuJoCo KL weight (0.1; ours defaults to 1): a belief that has settled on a wrong goal costs less
+    # KL to move (benchmarks/varibad_probe.py on varibad_enc128 seed 0: the decoder kept predicting E[r] -0.11
+    # where the agent stood and observed -0.38, for 150 steps)
+    "varibad_enc128_kl01": [*ENC128, "meta.kl_weight=0.1"],
     "rl2": ["meta=varibad", "meta.encoder=none", "meta.rl2_inputs=true", "meta.population=4", "meta.inner_steps=400"],
     # Learned optimizer (meta.rule=learned_optimizer): members are fresh agents trained for inner_steps env steps
     # (the few-shot regime adapt measures: 3 episodes of point_nav) with the rule; its ``meta`` rows are a fresh
@@ -163,7 +167,8 @@ SUITES = {
     # split above holds out a quadrant instead. 5 seeds (runs/bench/pn_v6), mean over 0..3 episodes: none + finetune
     # -29.0 +- 3.9, MAML -81.2 +- 33.9, Reptile -48.1 +- 12.9, VariBAD -32.9 +- 7.5 (but best at 0 episodes, below).
     "point_nav_paper": {**POINT_NAV, "task": "point_nav", "learners": [*POINT_NAV["learners"], "varibad_bamdp", "varibad_vae256",
-                                                                              "varibad_enc128", "varibad_enc128_bamdp"],
+                                                                              "varibad_enc128", "varibad_enc128_bamdp",
+                                                                              "varibad_enc128_kl01"],
                         "extra": ["task.splits.train.goal_angle.high=360.0", "task.splits.test.goal_angle.low=0.0"],
                         # VariBAD: explore_steps + explore_members as on gridworld (without them, seed 0: training
                         # return stayed ~-45, zero-shot -37.8; the reward decoder learns only where the VAE's
@@ -177,7 +182,8 @@ SUITES = {
                                           "varibad_bamdp": ["meta.adapt_persist=true", *PN_VARIBAD],
                                           "varibad_vae256": PN_VARIBAD,
                                           "varibad_enc128": ["meta.adapt_persist=true", *PN_VARIBAD],
-                                          "varibad_enc128_bamdp": ["meta.adapt_persist=true", *PN_VARIBAD]}},
+                                          "varibad_enc128_bamdp": ["meta.adapt_persist=true", *PN_VARIBAD],
+                                          "varibad_enc128_kl01": ["meta.adapt_persist=true", *PN_VARIBAD]}},
     "gridworld_goals": GRIDWORLD,
     # VariBAD's own protocol (Zintgraf et al. 2020, sec. 5.1): train and test goals drawn from all 21 cells,
     # so a "new task" is a new draw from the training distribution. The suite's test split above holds

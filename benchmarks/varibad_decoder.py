@@ -66,23 +66,29 @@ def run(variant: dict, updates: int, n_tasks: int, seed: int, horizon: int = 100
     return {"train_s": time.time() - t0, **evaluate(model, seed, horizon)}
 
 
+_XS = torch.linspace(-0.7, 0.7, 29)
+GRID = torch.stack(torch.meshgrid(_XS, _XS, indexing="ij"), -1).reshape(-1, 2)   # 29x29 points over the disc
+
+
+@torch.no_grad()
+def reward_at(model: BeliefModel, points: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """The decoder's E[r] for arriving at each of ``points`` (B, P, 2) (a zero-action transition s -> s), under
+    beliefs ``m`` (B, Z): (B, P)."""
+    return model.expected_reward(model.decode_reward(points, torch.zeros_like(points), points, m[:, None]))[:, 0]
+
+
 def evaluate(model: BeliefModel, seed: int, horizon: int = 100) -> dict:
-    """On 20 fresh goals: the belief after t steps of a fresh walk, the decoder on a 29x29 grid."""
+    """On 20 fresh goals: the belief after t steps of a fresh walk, the decoder on the grid."""
     test_goals = on_circle(20, np.random.default_rng(seed + 1000))
     test = pad_trajectories(walks(test_goals, horizon, np.random.default_rng(seed + 2000)), "cpu")
-    xs = torch.linspace(-0.7, 0.7, 29)
-    grid = torch.stack(torch.meshgrid(xs, xs, indexing="ij"), -1).reshape(-1, 2)
+    goals = torch.as_tensor(test_goals, dtype=torch.float32)
     res = {}
     with torch.no_grad():
         mu, logvar = model.encode(test["obs"], test["act"], test["rew"])
         for t in (0, 25, 50, 99):
-            m = mu[:, t:t + 1]                                                        # (20, 1, Z)
-            s = grid[None].expand(20, -1, -1)
-            er = model.expected_reward(model.decode_reward(s, torch.zeros_like(s), s, m))[:, 0]   # (20, G)
-            best = grid[er.argmax(-1)]
-            dist = (best - torch.as_tensor(test_goals, dtype=torch.float32)).norm(dim=-1)
-            g = torch.as_tensor(test_goals, dtype=torch.float32)[:, None]
-            at_goal = model.expected_reward(model.decode_reward(g, torch.zeros_like(g), g, m))[:, 0, 0]
+            er = reward_at(model, GRID[None].expand(20, -1, -1), mu[:, t])                   # (20, G)
+            dist = (GRID[er.argmax(-1)] - goals).norm(dim=-1)
+            at_goal = reward_at(model, goals[:, None], mu[:, t])[:, 0]
             res[f"t{t}"] = (float(dist.mean()), float(at_goal.mean()), float((0.5 * logvar[:, t]).exp().mean()))
     return res
 

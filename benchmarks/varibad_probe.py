@@ -36,6 +36,7 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(1)
 
+    from benchmarks.varibad_decoder import GRID, reward_at
     from metawm.adapt import build_config, locate
     from metawm.infra import config as configlib
     from metawm.meta import varibad as vb
@@ -51,8 +52,6 @@ def main() -> None:
     meta.setup(Context(tasks=built.tasks, make_agent=built.make_agent, device=built.device, seeds=built.seeds))
     meta.load_state_dict({**payload["state"]["meta"], "collector": None})
     agent, model = meta.adaptation_agent(meta.agent().state_dict(replay=False), 0), meta.model
-    xs = torch.linspace(-0.7, 0.7, 29)
-    grid = torch.stack(torch.meshgrid(xs, xs, indexing="ij"), -1).reshape(1, -1, 2)
     log: list[tuple] = []
     act = agent.act
 
@@ -60,8 +59,8 @@ def main() -> None:
         action, out = act(step, carry, explore=explore)
         with torch.no_grad():
             mu, logvar = model.belief(out["h"][:1])
-            er = model.expected_reward(model.decode_reward(grid, torch.zeros_like(grid), grid, mu[:, None]))[0, 0]
-        log.append((np.asarray(step["obs"])[0].copy(), grid[0, int(er.argmax())].numpy(), float(er.max()),
+        er = reward_at(model, GRID[None], mu)[0]
+        log.append((np.asarray(step["obs"])[0].copy(), GRID[int(er.argmax())].numpy(), float(er.max()),
                     float((0.5 * logvar).exp().mean())))
         return action, out
 

@@ -202,7 +202,8 @@ SUITES = {
 # offline its decoder located goals 0.27 / 0.16 / 0.095 from the truth with 100 / 200 / 300 tasks, see
 # benchmarks/varibad_decoder.py). 5 seeds (runs/bench/pn_v8), mean over 0..3 episodes: VariBAD (enc128) -16.2 +- 7.7,
 # none + finetune -40.7 +- 15.9 (its fine-tuning is unstable here: after 1 episode -71 +- 55, two seeds below -110).
-SUITES["point_nav_paper_40k"] = {**SUITES["point_nav_paper"], "steps": 40000, "learners": ["none", "varibad_enc128"]}
+SUITES["point_nav_paper_40k"] = {**SUITES["point_nav_paper"], "steps": 40000,
+                                 "learners": ["none", "varibad_enc128", "varibad_enc128_kl01"]}
 
 
 def run(cmd: list[str], log: Path) -> int:

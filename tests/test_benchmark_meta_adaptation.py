@@ -40,7 +40,7 @@ def test_every_learner_and_suite_override_composes(suite):
     assert cfg.task.name == task
 
 
-def test_varibad_decoder_bench_trains_and_reports_every_row(tmp_path):
+def test_varibad_decoder_bench_trains_and_reports_every_row():
     """benchmarks/varibad_decoder.py runs end to end on a tiny budget and prints one row per belief time."""
     import subprocess
     import sys

@@ -44,8 +44,10 @@ sys.path.insert(0, str(ROOT))
 AGENT = ["agent=mpc", "agent.size=small", "agent.train_after=50"]
 COMMON = ["tracker=disabled", "progress=false", "plots=false", "eval.tasks=3", "eval.episodes=1",
           "eval.splits=[test]", "keep_replay=false"]
-ENC128 = ["meta=varibad", "meta.population=4", "meta.inner_steps=400", "meta.decode_state=false", "meta.vae_updates=64",
-          "meta.hidden=128", "meta.embed=32", "meta.vae_lr=0.003", "meta.elbo_samples=25", "meta.decode_samples=50"]
+# VariBAD on point_nav: 4 members, 400 env steps per outer step, reward decoder only, ELBO on 25 beliefs x 50 transitions
+PN_VAE = ["meta=varibad", "meta.population=4", "meta.inner_steps=400", "meta.decode_state=false", "meta.elbo_samples=25",
+          "meta.decode_samples=50"]
+ENC128 = [*PN_VAE, "meta.vae_updates=64", "meta.hidden=128", "meta.embed=32", "meta.vae_lr=0.003"]
 # Every learner gets the same env-step budget per suite; its own settings:
 LEARNERS = {
     "none": ["meta=none", "meta.population=4", "meta.inner_steps=400"],
@@ -84,13 +86,10 @@ LEARNERS = {
     # -42.4, -52.3 -> -50.8, -52.7 -> -54.0 (with vae_updates=64 and the full ELBO, seeds 0-1: -40.7 -> -45.4,
     # -37.5 -> -30.4): worse than one episode per task (-27.3 / -29.2 / -27.9 at 0) and no gain over the shots.
     # The decoder still fits the rewards seen where the agent stands instead of the goal's cone (probe, seed 0).
-    "varibad_bamdp": ["meta=varibad", "meta.population=4", "meta.inner_steps=400", "meta.decode_state=false",
-                      "meta.vae_updates=256", "meta.episodes_per_task=3", "meta.elbo_samples=25",
-                      "meta.decode_samples=50"],
+    "varibad_bamdp": [*PN_VAE, "meta.vae_updates=256", "meta.episodes_per_task=3"],
     # One episode per task (as "varibad") with the VAE trained 4x longer (as "varibad_bamdp"). Seeds 0-1: -37.4 and
     # -31.9 at 0 episodes (vs -27.3 / -29.2 with 64 updates): more updates on the on-policy data did not help.
-    "varibad_vae256": ["meta=varibad", "meta.population=4", "meta.inner_steps=400", "meta.decode_state=false",
-                       "meta.vae_updates=256", "meta.elbo_samples=25", "meta.decode_samples=50"],
+    "varibad_vae256": [*PN_VAE, "meta.vae_updates=256"],
     # VariBAD with the paper's MuJoCo-sized encoder (GRU 128, state embedding 32) and the VAE's learning rate 3e-3
     # (paper: 1e-3). Offline on point_nav goals (benchmarks/varibad_decoder.py, 300 tasks, 3000 updates), the
     # decoder's argmax lands 0.095 from the goal after 25 steps of a random walk (E[r] there -0.15, truth 0),
@@ -160,6 +159,7 @@ POINT_NAV = {"steps": 20000, "learners": ["none", "maml", "reptile", "varibad", 
 # VariBAD on point_nav_paper: the planner's dynamics model does not see the belief (the goal changes the reward
 # only) and random acting covers the disc for the VAE (see "point_nav_paper" below)
 PN_VARIBAD = ["agent.context_inputs=false", "meta.explore_steps=4000", "meta.explore_members=1"]
+PN_PERSIST = ["meta.adapt_persist=true", *PN_VARIBAD]   # ... and the belief carried across adaptation episodes
 SUITES = {
     "point_nav": POINT_NAV,
     # 5 seeds (runs/bench/cp_v1), return after 0/1/2/3 episodes (mean over 0..3): none + finetune 167/134/120/134
@@ -184,12 +184,9 @@ SUITES = {
                         # the centre until fine-tuned. The carried belief (adapt_persist) gets worse across episodes: it
                         # was trained on one-episode BAMDPs, never across a reset. The decoder's largest E[r] under the
                         # belief often stays ~-0.3 (not 0), inside the circle: the planner then stops short of the goal.
-                        "learner_extra": {"varibad": ["meta.adapt_persist=true", *PN_VARIBAD],
-                                          "varibad_bamdp": ["meta.adapt_persist=true", *PN_VARIBAD],
-                                          "varibad_vae256": PN_VARIBAD,
-                                          "varibad_enc128": ["meta.adapt_persist=true", *PN_VARIBAD],
-                                          "varibad_enc128_bamdp": ["meta.adapt_persist=true", *PN_VARIBAD],
-                                          "varibad_enc128_kl01": ["meta.adapt_persist=true", *PN_VARIBAD]}},
+                        "learner_extra": {"varibad": PN_PERSIST, "varibad_bamdp": PN_PERSIST, "varibad_vae256": PN_VARIBAD,
+                                          "varibad_enc128": PN_PERSIST, "varibad_enc128_bamdp": PN_PERSIST,
+                                          "varibad_enc128_kl01": PN_PERSIST}},
     "gridworld_goals": GRIDWORLD,
     # VariBAD's own protocol (Zintgraf et al. 2020, sec. 5.1): train and test goals drawn from all 21 cells,
     # so a "new task" is a new draw from the training distribution. The suite's test split above holds

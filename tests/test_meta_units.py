@@ -692,3 +692,39 @@ def test_maml_out_of_memory_names_the_options_that_avoid_it(monkeypatch):
     monkeypatch.setattr(member["agent"], "loss", oom)
     with pytest.raises(UserError, match=r"meta.checkpoint_inner=true .* meta.first_order=true"):
         maml._meta_grad_member(member, 0, 0)
+
+
+def test_multitask_moves_envs_to_a_new_population_only_at_episode_ends():
+    """meta=none: a new population must not cut episodes short (real cartpole_physics episodes of
+    an MPC agent outlast the 10 env steps per env of an outer step here). Each env runs its task
+    until its episode ends, then starts its slot's new task; a checkpoint taken while switches are
+    pending resumes to the same metrics and the same replay."""
+    import copy
+
+    from metawm.infra.seeding import global_rng_state, set_global_rng_state
+    from metawm.meta.none import MultiTask
+
+    def build():
+        m = MultiTask(population=2, inner_steps=20)
+        m.setup(_ctx("cartpole_physics"))
+        return m
+
+    m = build()
+    rows, lengths, state = [], [], None
+    for it in range(30):
+        out = m.outer_step(it)
+        rows.append(out)
+        if state is None and m.pending:  # checkpoint where an env still runs a previous population's task
+            state, rng, at = copy.deepcopy(m.state_dict()), global_rng_state(), it
+    assert state is not None and at < 29, "no outer step ended with a switch pending: the resume check is empty"
+    for out in rows:
+        lengths += [v for k, v in out.items() if k == "train/length"]
+    # rebuilding the envs at each new population (the old behaviour) ended every episode within 10 steps
+    assert max(lengths) > 10, "some episodes outlast an outer step's 10 env steps per env"
+    resumed = build()
+    resumed.load_state_dict(state)
+    set_global_rng_state(rng)  # the run loop checkpoints the global generators beside the learner
+    again = [resumed.outer_step(it) for it in range(at + 1, 30)]
+    assert again == rows[at + 1:]
+    a, b = m.agent().replay, resumed.agent().replay
+    assert all(np.array_equal(a[k][:m.agent().size_], b[k][:resumed.agent().size_]) for k in a)

@@ -52,6 +52,7 @@ class Collector:
         self.ep_length = np.zeros(self.n, np.int64)
         self.ep_success = np.full(self.n, np.nan, np.float32)
         self.carry: Any = None
+        self._reset_seeds: dict[int, int] = {}  # env index -> seed of its next reset (see replace)
         for i, env in enumerate(self.envs):
             obs, info = env.reset(seed=int(seeds[i]))
             self.obs[i] = obs
@@ -84,7 +85,7 @@ class Collector:
             if active is not None and not active[i]:
                 continue
             if self.is_last[i]:
-                obs, info = env.reset()
+                obs, info = env.reset(seed=self._reset_seeds.pop(i, None))
                 self.obs[i], self.reward[i] = obs, 0.0
                 self.is_first[i], self.is_last[i], self.is_terminal[i] = True, False, False
                 self.success[i] = np.nan
@@ -104,6 +105,17 @@ class Collector:
                                  **({"episode_returns": list(info["episode_returns"])}
                                     if "episode_returns" in info else {})})
         return env_steps, finished
+
+    def replace(self, i: int, env: gym.Env, seed: int) -> None:
+        """Swap env ``i``, whose episode has just ended (``is_last``), for ``env`` (another task):
+        the next :meth:`step` still hands the old episode's final step to the agent, then starts
+        the new env with ``reset(seed=seed)``. Call it right before a step (nothing pending is
+        checkpointed)."""
+        if not self.is_last[i]:
+            raise ValueError(f"env {i} is inside an episode; it can be replaced only when its episode has ended")
+        self.envs[i].close()
+        self.envs[i] = env
+        self._reset_seeds[i] = int(seed)
 
     # -- checkpointing ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -133,7 +133,7 @@ def main() -> None:
     ap.add_argument("--every", type=int, default=10)
     ap.add_argument("--val-batches", type=int, default=8)
     ap.add_argument("--out", default=None, help="write results.json here")
-    ap.add_argument("overrides", nargs="*", help="adapt-style overrides, e.g. +task.max_episode_steps=200")
+    ap.add_argument("overrides", nargs="*", help="adapt-style overrides, e.g. task.max_episode_steps=200")
     args = ap.parse_args()
     torch.set_num_threads(1)
     rows = []

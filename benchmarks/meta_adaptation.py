@@ -167,7 +167,7 @@ SUITES = {
     # meta-learner beats multi-task pretraining, and gradient adaptation on a few episodes lowers every
     # pretrained agent's return (the small MPC model overfits one task's first episodes).
     "cartpole_physics": {"steps": 20000, "learners": ["none", "maml", "reptile"], "shots": 3, "tasks": 4,
-                         "adapt_seeds": 2, "extra": ["+task.max_episode_steps=200"]},
+                         "adapt_seeds": 2, "extra": ["task.max_episode_steps=200"]},
     # MAML's own protocol (Finn et al. 2017, sec. 5.2): train and test goals drawn from the same distribution
     # (here the whole circle), so a "new task" is a new draw from the training distribution; the suite's test
     # split above holds out a quadrant instead. 5 seeds (runs/bench/pn_v6), mean over 0..3 episodes: none + finetune

@@ -39,16 +39,20 @@ def locate(path: str) -> tuple[dict[str, Any], Path]:
 
 
 def build_config(cfg: DictConfig, run_cfg: DictConfig, header: dict[str, Any],
-                 meta_keys: Collection[str] = ()) -> DictConfig:
+                 meta_keys: Collection[str] = (), task_keys: Collection[str] = ()) -> DictConfig:
     """The training run's config with the adaptation's task, meta-learner, seed and device.
 
     ``meta=NAME`` naming another meta-learner uses that learner's config. Naming the checkpoint's
     own learner (or none) keeps the checkpoint's meta config, with only the keys in ``meta_keys``
     (those given as ``meta.KEY=...`` on the command line) replaced: the group's defaults must not
     undo the run's settings (``meta=varibad meta.plan_belief=mean`` on a run trained with
-    ``meta.reward_likelihood=bernoulli`` rebuilt a Gaussian decoder)."""
+    ``meta.reward_likelihood=bernoulli`` rebuilt a Gaussian decoder). The task is the command
+    line's, except that ``observe_params`` (what the agent's observations hold) is the run's
+    unless ``task.observe_params=...`` is in ``task_keys``: an oracle agent adapts as an oracle."""
     run = OmegaConf.to_container(run_cfg, resolve=True)
     task = OmegaConf.to_container(cfg.task, resolve=True)
+    if "observe_params" not in task_keys and run["task"].get("name") == task.get("name"):
+        task["observe_params"] = bool(run["task"].get("observe_params", False))
     chosen = OmegaConf.to_container(cfg.meta, resolve=True) if "meta" in cfg and cfg.meta is not None else {}
     if chosen.get("name") and chosen["name"] != run["meta"]["name"]:
         meta = chosen  # another meta-learner's adaptation, with its own config
@@ -66,7 +70,7 @@ def check_shots(shots: Any) -> int:
     return shots
 
 
-def run(cfg: DictConfig, meta_keys: Collection[str] = ()) -> tuple[dict[str, Any], RunDir]:
+def run(cfg: DictConfig, meta_keys: Collection[str] = (), task_keys: Collection[str] = ()) -> tuple[dict[str, Any], RunDir]:
     from metawm.infra.plots import curves_with_bands
     from metawm.infra.tracking import ConsoleSink, JsonlSink
     from metawm.meta.base import Context
@@ -83,7 +87,7 @@ def run(cfg: DictConfig, meta_keys: Collection[str] = ()) -> tuple[dict[str, Any
     payload, run_config = locate(str(cfg.checkpoint))
     header = payload["header"]
     run_cfg = configlib.load_run_config(run_config)
-    full = build_config(cfg, run_cfg, header, meta_keys)
+    full = build_config(cfg, run_cfg, header, meta_keys, task_keys)
     built = build(full)
     built.tasks.check_split(str(cfg.split))
     ctx = Context(tasks=built.tasks, make_agent=built.make_agent, device=built.device, seeds=built.seeds)
@@ -164,7 +168,8 @@ def _nan0(x: float) -> float:
 
 def _spec_of(run_cfg: DictConfig, built) -> str:
     """The env spec the checkpoint's suite had (rebuilt from its run config)."""
-    if run_cfg.task.name == built.tasks.name:
+    if run_cfg.task.name == built.tasks.name and bool(run_cfg.task.get("observe_params", False)) == \
+            built.tasks.observe_params:
         return built.tasks.env_spec.describe()
     from metawm.infra.build import instantiate
 
@@ -194,9 +199,9 @@ def main(argv: list[str]) -> int:
         print(configlib.to_yaml(cfg))
         return 0
     # the meta.KEY=... overrides given, which replace the checkpoint's own meta settings
-    meta_keys = {a.lstrip("+").split("=", 1)[0].split(".")[1] for a in argv
-                 if a.lstrip("+").startswith("meta.") and "=" in a}
-    summary, run_dir = run(cfg, meta_keys)
+    meta_keys, task_keys = ({a.lstrip("+").split("=", 1)[0].split(".")[1] for a in argv
+                             if a.lstrip("+").startswith(group + ".") and "=" in a} for group in ("meta", "task"))
+    summary, run_dir = run(cfg, meta_keys, task_keys)
     lead = summary.get("headline", {})
     shown = "  ".join(f"{k}={v:.4g}" for k, v in lead.items() if k.endswith(("@0", f"@{summary.get('shots')}")))
     print(f"adaptation ({summary.get('split')}, {summary.get('shots')} shots): {shown}", file=sys.stderr)

@@ -141,3 +141,21 @@ def test_meta_overrides_on_the_checkpoints_own_learner_keep_its_other_settings()
         assert meta.explore_steps == 400
     cfg = configlib.compose("adapt", ["checkpoint=x", "+task=gridworld_goals", "meta=maml"])
     assert build_config(cfg, run_cfg, {}).meta.name == "maml"   # another learner: its own config
+
+
+def test_an_oracle_checkpoint_adapts_observing_the_task(tmp_path):
+    """A run trained with task.observe_params=true adapts with the test tasks' parameters in its
+    observations, without the user repeating the option; task.observe_params=false is refused
+    with the two observation shapes named."""
+    from metawm.train import main
+
+    assert main(["+task=point_nav", "agent=mpc", "meta=none", "task.observe_params=true", *TRAIN,
+                 f"run_dir={tmp_path / 'oracle'}"]) == 0
+    args = [f"checkpoint={tmp_path / 'oracle'}", "+task=point_nav", "shots=1", "seeds=1", "eval.tasks=1",
+            "eval.episodes=1", "methods=[meta]", "progress=false"]
+    ok = run_cli("metawm.adapt", *args, f"run_dir={tmp_path / 'a'}", env=ONE_THREAD)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert json.loads((tmp_path / "a" / "summary.json").read_text())["methods"]["meta"][1]["return"]["n"] == 1
+    bad = run_cli("metawm.adapt", *args, "task.observe_params=false", f"run_dir={tmp_path / 'b'}", env=ONE_THREAD)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert re.search(r"vector observations \(2,\).*trained on .*vector observations \(3,\)", " ".join(bad.stderr.split()))

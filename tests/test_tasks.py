@@ -293,3 +293,34 @@ def test_max_episode_steps_cuts_any_suite_short(name, no_benchmarks):
         if terminated:
             return
     assert truncated
+
+
+def test_observe_params_appends_the_tasks_parameters_scaled_over_the_train_range():
+    """task.observe_params=true (the oracle): [-1, 1] at the ends of a train range, log scale for a
+    log range, beyond +-1 where the test split extrapolates; per coordinate over a choice list."""
+    import math
+
+    suite = load_suite("cartpole_physics", observe_params=True)
+    assert suite.env_spec.obs_space.shape == (8,) and load_suite("cartpole_physics").env_spec.obs_space.shape == (4,)
+    # train: cart_mass 0.5-2.0 (log), gravity 4.9-14.7, pole_length 0.25-1.0 (log), pole_mass 0.05-0.4 (log)
+    spec = TaskSpec.make("cartpole_physics", "test", 0,
+                         {"cart_mass": 1.0, "gravity": 14.7, "pole_length": 0.25, "pole_mass": 0.8})
+    want = [2 * math.log(2.0) / math.log(4.0) - 1, 1.0, -1.0, 2 * math.log(16.0) / math.log(8.0) - 1]
+    np.testing.assert_allclose(suite.encode_params(spec), want, rtol=1e-6)  # [0, 1, -1, 5/3]
+    env = suite.make_env(spec)
+    obs, _ = env.reset(seed=0)
+    np.testing.assert_allclose(obs[4:], want, rtol=1e-6)
+    obs2 = env.step(0)[0]
+    assert obs2.shape == (8,) and np.allclose(obs2[4:], want) and not np.allclose(obs2[:4], obs[:4])
+    check_spaces(env, suite.env_spec)
+
+    grid = load_suite("gridworld_goals", observe_params=True)  # train goals: x in 0..4, y in 0..4
+    code = grid.encode_params(TaskSpec.make("gridworld_goals", "test", 0, {"goal": [4, 1]}))
+    np.testing.assert_allclose(code, [1.0, -0.5])
+    assert grid.env_spec.obs_space.shape == (5,)
+    # point_nav: goal_radius is fixed in every split, so only goal_angle (train 0-270) is observed
+    nav = load_suite("point_nav", observe_params=True)
+    np.testing.assert_allclose(nav.encode_params(TaskSpec.make("point_nav", "test", 0, {"goal_angle": 315.0})),
+                               [4 / 3])
+    with pytest.raises(UserError, match="parameter 'game' of suite 'atari_suite'.*not numbers"):
+        load_suite("atari_suite", observe_params=True)

@@ -28,9 +28,11 @@ class AtariSuite(TaskFamily):
     def __init__(self, name: str, splits: Mapping[str, Mapping[str, Any]], default: Mapping[str, Any] | None = None,
                  default_only: bool = False, image_size: int = 64, grayscale: bool = False, frame_skip: int = 4,
                  repeat_action_probability: float = 0.25, max_frames: int = atari.MAX_FRAMES,
-                 max_pool: bool = True, max_episode_steps: int | None = None, **extra: Any):
+                 max_pool: bool = True, max_episode_steps: int | None = None, observe_params: bool = False,
+                 **extra: Any):
         reject_unknown_kwargs(name, extra, _OPTIONS)
-        super().__init__(name, splits, {"game": "Pong", **dict(default or {})}, default_only, max_episode_steps)
+        super().__init__(name, splits, {"game": "Pong", **dict(default or {})}, default_only, max_episode_steps,
+                         observe_params=observe_params)
         self.options = {"image_size": int(image_size), "grayscale": bool(grayscale), "frame_skip": int(frame_skip),
                         "repeat_action_probability": float(repeat_action_probability),
                         "max_frames": int(max_frames), "max_pool": bool(max_pool)}

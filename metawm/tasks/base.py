@@ -17,6 +17,12 @@ so the same generator state always yields the same tasks, whatever agent consume
 
 A family that lists its ``param_names`` gets its suite file checked when it is built: a misspelt
 parameter is a :class:`~metawm.infra.errors.UserError` naming the valid ones, not a silent no-op.
+
+``task.observe_params=true`` (any vector suite) makes the *oracle*: every observation carries the
+task's varying parameters, each scaled to [-1, 1] over its train range (log scale for a log range;
+per coordinate over the choices for a list; outside [-1, 1] where the test split extrapolates).
+An agent trained on it needs no task inference, so its return bounds what inferring the task
+could add for that agent: the "oracle" row of the meta-learning benchmarks.
 """
 
 from __future__ import annotations
@@ -79,19 +85,56 @@ def reject_unknown_kwargs(suite: str, extra: Mapping[str, Any], valid: list[str]
         raise choices_error(f"option of task suite {suite!r}", key, valid)
 
 
+class ParamsObservation(gym.ObservationWrapper):
+    """Appends a fixed vector (the task's encoded parameters) to every vector observation."""
+
+    def __init__(self, env: gym.Env, params: np.ndarray, space: gym.spaces.Box):
+        super().__init__(env)
+        self.params = np.asarray(params, np.float32)
+        self.observation_space = space
+
+    def observation(self, observation):
+        return np.concatenate([np.asarray(observation, np.float32), self.params])
+
+
+def _param_code(suite: str, name: str, spec: Any) -> tuple[int, Any] | None:
+    """(width, encode(value) -> list of floats) of a parameter that varies under ``spec``; None if fixed."""
+    if isinstance(spec, Mapping) and "choices" in spec:
+        try:
+            table = np.asarray(spec["choices"], np.float64).reshape(len(spec["choices"]), -1)
+        except (TypeError, ValueError):
+            raise UserError(f"task.observe_params=true appends numeric task parameters to the observation; parameter "
+                            f"{name!r} of suite {suite!r} takes the values {list(spec['choices'])[:6]}..., which are not "
+                            "numbers.") from None
+        lo, hi = table.min(0), table.max(0)
+        span = np.where(hi > lo, hi - lo, 1.0)
+        return table.shape[1], lambda v: list(2 * (np.asarray(v, np.float64).reshape(-1) - lo) / span - 1)
+    if isinstance(spec, Mapping):
+        low, high = float(spec["low"]), float(spec["high"])
+        if high <= low:
+            return None
+        f = math.log if spec.get("log", False) else float
+        return 1, lambda v: [2 * (f(float(v)) - f(low)) / (f(high) - f(low)) - 1]
+    return None
+
+
 class TaskFamily:
-    """Base class of the suites; a subclass implements ``_make_env`` and sets ``env_spec``."""
+    """Base class of the suites; a subclass implements ``_make_env`` and sets ``env_spec`` (the
+    spaces of its own observations; with ``observe_params`` the family's ``env_spec`` is that
+    with the encoded parameters appended)."""
 
     name: str
-    env_spec: EnvSpec
     success_metric: bool = False  # whether episodes report info["success"]
     param_names: tuple[str, ...] | None = None  # when set, suite files are checked against it
 
     def __init__(self, name: str, splits: Mapping[str, Mapping[str, Any]], default: Mapping[str, Any] | None = None,
-                 default_only: bool = False, max_episode_steps: int | None = None, **_: Any):
+                 default_only: bool = False, max_episode_steps: int | None = None, observe_params: bool = False,
+                 **_: Any):
         """``max_episode_steps`` (any suite) truncates episodes earlier than the suite would, e.g.
-        for smoke runs; ``default_only`` makes every sampled task the family's default task."""
+        for smoke runs; ``default_only`` makes every sampled task the family's default task;
+        ``observe_params`` appends the task's parameters to the observation (the oracle)."""
         self.name = name
+        self.observe_params = bool(observe_params)
         self.max_episode_steps = int(max_episode_steps) if max_episode_steps else None
         splits, default = plain(splits), plain(default)
         self.ranges = {split: dict(params or {}) for split, params in splits.items()}
@@ -99,6 +142,41 @@ class TaskFamily:
         self.default_only = bool(default_only)
         if self.param_names is not None:
             self.check_param_names()
+        self._codes = self._param_codes() if self.observe_params else []
+
+    @property
+    def env_spec(self) -> EnvSpec:
+        spec = self._own_spec
+        if not self.observe_params:
+            return spec
+        if spec.is_image:
+            raise UserError(f"task.observe_params=true appends the task's parameters to vector observations; suite "
+                            f"{self.name!r} has {spec.describe()}.")
+        width = int(spec.obs_space.shape[0]) + sum(w for _, w, _ in self._codes)
+        return EnvSpec(gym.spaces.Box(-np.inf, np.inf, (width,), np.float32), spec.act_space)
+
+    @env_spec.setter
+    def env_spec(self, spec: EnvSpec) -> None:
+        self._own_spec = spec
+
+    def _param_codes(self) -> list[tuple[str, int, Any]]:
+        """(name, width, encoder) of every parameter that varies in some split, in name order,
+        scaled over its train range (or the first split's where train keeps it fixed)."""
+        codes = []
+        names = sorted({k for r in self.ranges.values() for k in r})
+        for name in names:
+            order = ["train", *[s for s in self.ranges if s != "train"]]
+            for split in order:
+                code = _param_code(self.name, name, self.ranges.get(split, {}).get(name))
+                if code is not None:
+                    codes.append((name, *code))
+                    break
+        return codes
+
+    def encode_params(self, spec: TaskSpec) -> np.ndarray:
+        """The task's parameters as the oracle observes them (see the module docstring)."""
+        p = self.params_of(spec)
+        return np.asarray([x for name, _, f in self._codes for x in f(p[name])], np.float32)
 
     @property
     def splits(self) -> tuple[str, ...]:
@@ -140,6 +218,8 @@ class TaskFamily:
         if spec.suite != self.name:
             raise UserError(f"task {spec.id} belongs to suite {spec.suite!r}, not {self.name!r}.")
         env = self._make_env(spec)
+        if self.observe_params:
+            env = ParamsObservation(env, self.encode_params(spec), self.env_spec.obs_space)
         if self.max_episode_steps:
             env = gym.wrappers.TimeLimit(env, self.max_episode_steps)
         return env

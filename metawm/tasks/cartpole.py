@@ -21,9 +21,11 @@ class CartPolePhysics(TaskFamily):
     param_names = tuple(DEFAULT_PHYSICS)
 
     def __init__(self, name: str, splits: Mapping[str, Mapping[str, Any]], default: Mapping[str, Any] | None = None,
-                 default_only: bool = False, max_episode_steps: int | None = None, **extra: Any):
+                 default_only: bool = False, max_episode_steps: int | None = None, observe_params: bool = False,
+                 **extra: Any):
         reject_unknown_kwargs(name, extra, ["max_episode_steps"])
-        super().__init__(name, splits, {**DEFAULT_PHYSICS, **dict(default or {})}, default_only, max_episode_steps)
+        super().__init__(name, splits, {**DEFAULT_PHYSICS, **dict(default or {})}, default_only, max_episode_steps,
+                         observe_params=observe_params)
         from gymnasium.envs.classic_control.cartpole import CartPoleEnv
 
         probe = CartPoleEnv()  # the spaces do not depend on the physics

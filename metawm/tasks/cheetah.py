@@ -25,9 +25,10 @@ class _Cheetah(TaskFamily):
     def __init__(self, name: str, splits: Mapping[str, Mapping[str, Any]], default: Mapping[str, Any] | None = None,
                  default_only: bool = False, horizon: int = cheetah.MAX_EPISODE_STEPS,
                  ctrl_cost_weight: float = cheetah.CTRL_COST_WEIGHT, max_episode_steps: int | None = None,
-                 **extra: Any):
+                 observe_params: bool = False, **extra: Any):
         reject_unknown_kwargs(name, extra, _OPTIONS)
-        super().__init__(name, splits, {**self._defaults, **dict(default or {})}, default_only, max_episode_steps)
+        super().__init__(name, splits, {**self._defaults, **dict(default or {})}, default_only, max_episode_steps,
+                         observe_params=observe_params)
         self.horizon, self.ctrl_cost_weight = int(horizon), float(ctrl_cost_weight)
         self.env_spec = EnvSpec(gym.spaces.Box(-np.inf, np.inf, (cheetah.OBS_DIM,), np.float32),
                                 gym.spaces.Box(-1.0, 1.0, (cheetah.ACT_DIM,), np.float32))

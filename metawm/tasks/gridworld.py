@@ -22,10 +22,11 @@ class GridworldGoals(TaskFamily):
 
     def __init__(self, name: str, splits: Mapping[str, Mapping[str, Any]], default: Mapping[str, Any] | None = None,
                  default_only: bool = False, size: int = 5, horizon: int = 15, episodes_per_task: int = 4,
-                 time_feature: bool = True, max_episode_steps: int | None = None, **extra: Any):
+                 time_feature: bool = True, max_episode_steps: int | None = None, observe_params: bool = False,
+                 **extra: Any):
         reject_unknown_kwargs(name, extra, ["size", "horizon", "episodes_per_task", "time_feature", "max_episode_steps"])
         super().__init__(name, splits, {"goal": [size - 1, size - 1], **dict(default or {})}, default_only,
-                         max_episode_steps)
+                         max_episode_steps, observe_params=observe_params)
         self.size, self.horizon = int(size), int(horizon)
         self.episodes_per_task, self.time_feature = int(episodes_per_task), bool(time_feature)
         for where, params in [("default", self.default), *self.ranges.items()]:

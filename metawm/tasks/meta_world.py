@@ -37,7 +37,7 @@ class _MetaWorld(TaskFamily):
     def __init__(self, name: str, splits: Mapping[str, Mapping[str, Any]], default: Mapping[str, Any] | None = None,
                  default_only: bool = False, benchmark_seed: int = 0,
                  reward_function_version: str = mw.REWARD_FUNCTION_VERSION, env_name: str | None = None,
-                 max_episode_steps: int | None = None, **extra: Any):
+                 max_episode_steps: int | None = None, observe_params: bool = False, **extra: Any):
         reject_unknown_kwargs(name, extra, _OPTIONS + (["env_name"] if self.benchmark == "ML1" else []))
         if env_name is not None and self.benchmark != "ML1":
             raise UserError(f"task suite {name!r} ({self.benchmark}) samples its env classes from the benchmark's "
@@ -62,7 +62,7 @@ class _MetaWorld(TaskFamily):
             r.setdefault("goal_set", "test" if split == "test" else "train")
             r.setdefault("task_index", {"low": 0, "high": mw.GOALS_PER_CLASS - 1, "int": True})
         default.setdefault("env_name", classes["train"][0])
-        super().__init__(name, splits, default, default_only, max_episode_steps)
+        super().__init__(name, splits, default, default_only, max_episode_steps, observe_params=observe_params)
         self.benchmark_seed = int(benchmark_seed)
         self.reward_function_version = str(reward_function_version)
         for where, params in [("default", self.default), *self.ranges.items()]:

@@ -21,10 +21,11 @@ class PointNav(TaskFamily):
 
     def __init__(self, name: str, splits: Mapping[str, Mapping[str, Any]], default: Mapping[str, Any] | None = None,
                  default_only: bool = False, horizon: int = 100, max_speed: float = 0.1,
-                 success_radius: float = 0.01, max_episode_steps: int | None = None, **extra: Any):
+                 success_radius: float = 0.01, max_episode_steps: int | None = None,
+                 observe_params: bool = False, **extra: Any):
         reject_unknown_kwargs(name, extra, ["horizon", "max_speed", "success_radius", "max_episode_steps"])
         super().__init__(name, splits, {"goal_angle": 0.0, "goal_radius": 0.5, **dict(default or {})}, default_only,
-                         max_episode_steps)
+                         max_episode_steps, observe_params=observe_params)
         self.horizon, self.max_speed, self.success_radius = int(horizon), float(max_speed), float(success_radius)
         self.env_spec = EnvSpec(gym.spaces.Box(-np.inf, np.inf, (2,), np.float32),
                                 gym.spaces.Box(-1.0, 1.0, (2,), np.float32))

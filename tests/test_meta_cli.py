@@ -144,7 +144,7 @@ class Crash(BaseException):
 
 
 @pytest.mark.parametrize("meta, extra", [
-    ("maml", ["meta.meta_sgd=true"]),
+    ("maml", ["meta.meta_sgd=true", "meta.dataset=3", "meta.meta_updates=2"]),
     ("reptile", []),
     ("varibad", ["meta.elbo_samples=8", "meta.decode_samples=16", "meta.vae_updates=2", "meta.episodes_per_task=2"]),
     ("learned_rule", []),

@@ -197,3 +197,30 @@ def test_inner_part_head_adapts_only_the_head_and_meta_learns_all(meta_sgd):
     assert rows[-1]["adapted"] == 1.0
     changed = {n for n, p in agent.params().items() if (p - theta0[n]).abs().max() > 0}
     assert changed == head
+
+
+def test_dataset_keeps_members_for_later_meta_updates_and_round_trips():
+    """meta.dataset=D (GrBAL's dataset): the last D members stay, later meta-updates of an outer
+    step draw their meta-batch from them and this step's, and a checkpoint holds them, so a
+    restored learner continues identically."""
+    maml = MAML(population=2, inner_steps=30, inner_lr=0.05, meta_lr=1e-2, query="support", meta_updates=4,
+                dataset=5)
+    maml.setup(make_ctx())
+    for it in range(3):
+        maml.outer_step(it)
+    assert len(maml.kept) == 5 and [m["spec"] for m in maml.kept][-2:] == \
+        maml.ctx.tasks.sample("train", 2, maml.ctx.seeds.numpy("tasks", 2))
+    drawn = {id(m) for u in range(1, 4) for m in maml._meta_batch([], 3, u)}
+    assert len(drawn) > 2, "later meta-updates draw kept members, not only this step's"
+    state = copy.deepcopy(maml.state_dict())
+    other = MAML(population=2, inner_steps=30, inner_lr=0.05, meta_lr=1e-2, query="support", meta_updates=4,
+                 dataset=5)
+    other.setup(make_ctx())
+    other.load_state_dict(state)
+    torch.manual_seed(0)
+    a = maml.outer_step(3)
+    torch.manual_seed(0)
+    b = other.outer_step(3)
+    assert a == b and all(torch.equal(p, other.theta[n]) for n, p in maml.theta.items())
+    with pytest.raises(Exception, match="dataset"):
+        MAML(dataset=-1)

@@ -23,6 +23,11 @@ step, for a population (meta-batch) of n tasks T_i from the train split:
    query data of ``query=adapted`` is collected once, at the first of them): GrBAL meta-trains on
    a dataset of collected trajectories, and a model-fitting loss can reuse data many times, where
    one outer step per collection leaves a fixed env-step budget with very few outer steps.
+   ``dataset`` = D > 0 keeps the last D members' data (support and query agents with their
+   replays) across outer steps, and every meta-update after the first of an outer step draws its
+   meta-batch of ``population`` members from them: GrBAL's meta-training on the dataset of all
+   trajectories collected so far (Nagabandi et al. 2019, Alg. 1), where without it each outer step
+   learns from the few hundred env steps just collected and then discards them.
 
 Adapting the world model part from a few transitions of a new task is model-based meta-RL in the
 sense of Nagabandi, Clavera, Liu, Fearing, Abbeel, Levine, Finn, "Learning to Adapt in Dynamic,
@@ -79,8 +84,12 @@ class MAML(MetaLearnerBase):
                  first_order: bool = False, meta_sgd: bool = False, checkpoint_inner: bool = False,
                  vmap: bool = False, query: str = "adapted", envs_per_task: int = 1, grad_clip: float | None = None,
                  eval_shots: int = 0, meta_updates: int = 1, support_actions: str = "agent",
-                 inner_part: str | None = None):
+                 inner_part: str | None = None, dataset: int = 0):
         self.eval_shots = int(eval_shots)
+        if int(dataset) < 0:
+            raise UserError(f"meta.dataset={dataset} must be >= 0 (members kept for later meta-updates; 0 = none).")
+        self.dataset = int(dataset)
+        self.kept: list[dict[str, Any]] = []  # the last ``dataset`` members' data
         self.inner_part = str(inner_part) if inner_part else None
         if support_actions not in ("agent", "random"):
             raise UserError(f"meta.support_actions={support_actions!r} is not valid; use agent (the support episodes are "
@@ -154,14 +163,20 @@ class MAML(MetaLearnerBase):
             return {**_train_row(rows), **per_member(specs, rows, ("return",)), "env_steps": float(taken)}
 
         members = [self._member_data(iteration, k, spec, state) for k, spec in enumerate(specs)]
+        batch = members
         for u in range(self.meta_updates):
             if u > 0:
-                for m in members:
+                batch = self._meta_batch(members, iteration, u)
+                for m in batch:
                     self._resample(m)
-            rows, use_vmap, gnorm = self._meta_update(members, iteration)
+            rows, use_vmap, gnorm = self._meta_update(batch, iteration)
+            if u == 0:
+                fresh = rows  # this step's members: their returns are the step's training returns
+        if self.dataset:
+            self.kept = (self.kept + members)[-self.dataset:]
         taken = sum(m["env_steps"] for m in members)
         self.env_steps += taken
-        out = {**_train_row(rows), **per_member(specs, rows, ("return", "return_pre")),
+        out = {**_train_row(fresh), **per_member(specs, fresh, ("return", "return_pre")),
                **{k: v for k, v in mean_metrics(rows).items() if k.startswith("maml/")},
                "maml/meta_grad_norm": float(gnorm), "maml/vmap": float(use_vmap), "env_steps": float(taken)}
         if self.lrs is not None:
@@ -196,6 +211,15 @@ class MAML(MetaLearnerBase):
                 for a in self.lrs.values():
                     a.clamp_(min=0.0)  # a negative step size would ascend the support loss
         return rows, use_vmap, gnorm
+
+    def _meta_batch(self, members: list[dict], iteration: int, u: int) -> list[dict]:
+        """The members of meta-update u > 0: this step's, or with ``dataset`` a draw of
+        ``population`` from the kept members and this step's (without replacement)."""
+        if not self.dataset:
+            return members
+        pool = self.kept + members
+        gen = torch.Generator().manual_seed(self.ctx.seeds.seed("maml_dataset", iteration, u))
+        return [pool[i] for i in torch.randperm(len(pool), generator=gen)[:self.population].tolist()]
 
     def _resample(self, m: dict) -> None:
         """Fresh support (and query) batches from a member's stored data, for the next outer step
@@ -334,9 +358,27 @@ class MAML(MetaLearnerBase):
     def state_dict(self, *, replay: bool = True) -> dict[str, Any]:
         return {"agent": self._agent.state_dict(replay=False), "env_steps": self.env_steps,
                 "lrs": {n: a.detach().clone() for n, a in self.lrs.items()} if self.lrs is not None else None,
-                "opt": self.opt.state_dict() if self.opt is not None else None}
+                "opt": self.opt.state_dict() if self.opt is not None else None,
+                "kept": [self._member_state(m) for m in self.kept]}
+
+    @staticmethod
+    def _member_state(m: dict) -> dict[str, Any]:
+        return {"agent": m["agent"].state_dict(replay=True), "spec": m["spec"].to_dict(), "seed": m["seed"],
+                "gen": m["gen"].get_state(),
+                "q_agent": m["q_agent"].state_dict(replay=True) if "q_agent" in m else None}
+
+    def _member_from_state(self, st: dict[str, Any]) -> dict[str, Any]:
+        spec_of = self.ctx.tasks.env_spec
+        m = {"agent": fresh_agent(self.ctx.make_agent, spec_of, st["agent"]), "spec": TaskSpec.from_dict(st["spec"]),
+             "seed": int(st["seed"]), "gen": torch.Generator(), "env_steps": 0, "episodes": []}
+        m["gen"].set_state(st["gen"])
+        if st["q_agent"] is not None:
+            m["q_agent"] = fresh_agent(self.ctx.make_agent, spec_of, st["q_agent"])
+        return m
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        with isolated_rng(0):  # building agents draws initial weights; the run's generators stay as saved
+            self.kept = [self._member_from_state(st) for st in state.get("kept", [])]
         self._agent.load_state_dict(state["agent"])
         self.env_steps = int(state["env_steps"])
         if self.lrs is not None and state.get("lrs") is not None:

@@ -728,3 +728,51 @@ def test_multitask_moves_envs_to_a_new_population_only_at_episode_ends():
     assert again == rows[at + 1:]
     a, b = m.agent().replay, resumed.agent().replay
     assert all(np.array_equal(a[k][:m.agent().size_], b[k][:resumed.agent().size_]) for k in a)
+
+
+def test_mpc_terminal_value_td_target_and_planning_by_hand():
+    """agent.value=true: V's loss is the squared TD(0) error in symlog space against the EMA target,
+    y = r + gamma (1 - terminal) symexp(V_bar(s')); planning adds gamma^H alive_H symexp(V(s_H))."""
+    import gymnasium as gym
+
+    from metawm.agents.mpc import MPCAgent
+    from metawm.ops.symlog import symexp, symlog
+    from metawm.types import EnvSpec
+
+    torch.manual_seed(0)
+    spec = EnvSpec(gym.spaces.Box(-np.inf, np.inf, (2,), np.float32), gym.spaces.Discrete(2))
+    agent = MPCAgent(spec, size="tiny", value=True, discount=0.9, horizon=2, candidates=64)
+    with torch.no_grad():
+        for net, c in ((agent.value, 1.0), (agent.value_target, 2.0)):  # V = symlog^-1 of a constant
+            for p in net.parameters():
+                p.zero_()
+            net[-1].bias.fill_(c)
+    batch = {"obs": torch.zeros(3, 2), "action": torch.zeros(3), "reward": torch.tensor([1.0, 0.5, 0.0]),
+             "next_obs": torch.ones(3, 2), "terminal": torch.tensor([0.0, 1.0, 0.0])}
+    y = batch["reward"] + 0.9 * (1 - batch["terminal"]) * symexp(torch.tensor(2.0))
+    terms = agent._terms(None, batch)
+    torch.testing.assert_close(terms["value"], ((1.0 - symlog(y)) ** 2).mean())
+    assert set(agent.params("value")) == {f"value.{n}" for n, _ in agent.value.named_parameters()}
+    total, _ = agent.loss(agent.params("all"), batch)
+    torch.testing.assert_close(total, terms["dyn"] + terms["rew"] + terms["term"] + terms["value"])
+    # planning: zero reward, no termination, action 1 moves x by ~+1 and V grows with x: only the terminal
+    # value tells the candidates apart, so the plan's first action is 1
+    with torch.no_grad():
+        for net in (agent.model, agent.value):
+            for p in net.parameters():
+                p.zero_()
+        agent.model[0].weight[0, 2 + 1] = 10.0      # hidden unit 0 ~ 10 * [action == 1]
+        agent.model[2].weight[0, 0] = 1.0
+        agent.model[-1].weight[0, 0] = 0.1          # delta x ~ [action == 1]
+        agent.model[-1].bias[-1] = -1e4             # termination logit: never terminates
+        agent.value[0].weight[0, 0] = 1.0           # V increases with symlog(x)
+        agent.value[2].weight[0, 0] = 1.0
+        agent.value[-1].weight[0, 0] = 1.0
+    agent.updates = 1
+    agent.reward_fn = lambda root, n: (lambda s, a, s2: torch.zeros(len(s)))
+    firsts = [int(agent.act({"obs": np.zeros((1, 2), np.float32), "is_first": np.array([True])}, None,
+                            explore=False)[0][0]) for _ in range(10)]
+    assert firsts == [1] * 10
+    state = agent.state_dict()
+    with pytest.raises(Exception, match="agent.value"):
+        MPCAgent(spec, size="tiny").load_state_dict(state)

@@ -138,6 +138,8 @@ LEARNERS = {
     # VariBAD on cartpole_physics: every reward is 1, so the belief must come from the transitions (the state decoder,
     # decode_state=true) and the MPC model sees it (context_inputs=true); the planner keeps its own reward head.
     "varibad_cp": [*ENC128, "meta.decode_state=true", "meta.plan_with_decoder=false", "meta.explore_steps=2000"],
+    "varibad_cp_value": [*ENC128, "meta.decode_state=true", "meta.plan_with_decoder=false", "meta.explore_steps=2000",
+                         "agent.value=true"],
     "learned_opt": ["meta=learned_rule", "meta.rule=learned_optimizer", "meta.population=2", "meta.inner_steps=300",
                     "meta.meta_lr=0.01"],
 }
@@ -192,7 +194,8 @@ SUITES = {
     # 0..3), the 200-step cap: none + finetune 142/128/127/134 (133 +- 25); VariBAD (varibad_cp) 144/144/145/144
     # (144 +- 26; its checkpoint fine-tuned: 131 +- 14); oracle 130/131/125/131 (129 +- 21); MAML 72/44/43/51
     # (53 +- 38); MAML with its dataset (maml_data) 93/98/103/109 (101 +- 57; fine-tuned 75 +- 41); Reptile
-    # 131/49/31/33 (61 +- 23); scratch 25/27/16/16; none_value (terminal value) ~199 zero-shot. No learner beats
+    # 131/49/31/33 (61 +- 23); scratch 25/27/16/16; none_value (terminal value)
+    # 188/181/184/180 (183 +- 12; zero-shot per seed 199/200/158/184/200). No learner beats
     # multi-task pretraining: the suite has no task-inference headroom for this agent. Single-task MPC agents trained
     # on one test task each (seed 0, 20k steps) scored no better than the multi-task agent (82-186 vs 98-176); the
     # oracle, which observes the true physics, scores below it, on test tasks inside the train box too (108 vs 157);
@@ -200,7 +203,8 @@ SUITES = {
     # terminal value the multi-task agent is at the cap. (cp_v1, before meta=none stopped cutting episodes at each
     # new population: none 167/134/120/134 on 4 test tasks; its zero-shot return on 12 tasks was 104, now 188, seed 0.)
     "cartpole_physics": {"steps": 20000, "shots": 3,
-                         "learners": ["none", "maml", "maml_data", "reptile", "varibad_cp", "oracle", "none_value"],
+                         "learners": ["none", "maml", "maml_data", "reptile", "varibad_cp", "oracle", "none_value",
+                                      "varibad_cp_value"],
                          "tasks": 12, "adapt_seeds": 2, "extra": ["task.max_episode_steps=200"]},
     # MAML's own protocol (Finn et al. 2017, sec. 5.2): train and test goals drawn from the same distribution
     # (here the whole circle), so a "new task" is a new draw from the training distribution; the suite's test

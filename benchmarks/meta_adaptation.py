@@ -195,7 +195,8 @@ SUITES = {
     # (144 +- 26; its checkpoint fine-tuned: 131 +- 14); oracle 130/131/125/131 (129 +- 21); MAML 72/44/43/51
     # (53 +- 38); MAML with its dataset (maml_data) 93/98/103/109 (101 +- 57; fine-tuned 75 +- 41); Reptile
     # 131/49/31/33 (61 +- 23); scratch 25/27/16/16; none_value (terminal value)
-    # 188/181/184/180 (183 +- 12; zero-shot per seed 199/200/158/184/200). No learner beats
+    # 188/181/184/180 (183 +- 12; zero-shot per seed 199/200/158/184/200); VariBAD on it (varibad_cp_value)
+    # 191/192/193/191 (192 +- 14; fine-tuned 190 +- 9): level with none_value, both near the cap. No learner beats
     # multi-task pretraining: the suite has no task-inference headroom for this agent. Single-task MPC agents trained
     # on one test task each (seed 0, 20k steps) scored no better than the multi-task agent (82-186 vs 98-176); the
     # oracle, which observes the true physics, scores below it, on test tasks inside the train box too (108 vs 157);

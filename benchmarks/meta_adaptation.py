@@ -199,7 +199,7 @@ SUITES = {
     # 191/192/193/191 (192 +- 14; fine-tuned 190 +- 9): level with none_value, both near the cap. No learner beats
     # multi-task pretraining: the suite has no task-inference headroom for this agent. Single-task MPC agents trained
     # on one test task each (seed 0, 20k steps) scored no better than the multi-task agent (82-186 vs 98-176); the
-    # oracle, which observes the true physics, scores below it, on test tasks inside the train box too (108 vs 157);
+    # oracle, which observes the true physics, scores below it, on test tasks inside the train box too (123 vs 157);
     # episodes end by the cart leaving the track (11 of 12 tasks, seed 0), a planning-horizon failure, and with a
     # terminal value the multi-task agent is at the cap. (cp_v1, before meta=none stopped cutting episodes at each
     # new population: none 167/134/120/134 on 4 test tasks; its zero-shot return on 12 tasks was 104, now 188, seed 0.)

@@ -179,8 +179,8 @@ class MPCAgent:
 
     def loss(self, params: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, Metrics]:
         """Model loss with ``params`` substituted: squared error of the observation change and the
-        reward, binary cross-entropy of termination (and with ``value`` the TD(0) error of V). Pure (torch.func-friendly); metrics come from
-        :meth:`update`."""
+        reward, binary cross-entropy of termination (and with ``value`` the TD(0) error of V).
+        Pure (torch.func-friendly); metrics come from :meth:`update`."""
         t = self._terms(params, batch)
         return self._total(t, self.term_scale), {}
 

@@ -146,26 +146,26 @@ class TaskFamily:
 
     @property
     def env_spec(self) -> EnvSpec:
-        spec = self._own_spec
-        if not self.observe_params:
-            return spec
-        if spec.is_image:
-            raise UserError(f"task.observe_params=true appends the task's parameters to vector observations; suite "
-                            f"{self.name!r} has {spec.describe()}.")
-        width = int(spec.obs_space.shape[0]) + sum(w for _, w, _ in self._codes)
-        return EnvSpec(gym.spaces.Box(-np.inf, np.inf, (width,), np.float32), spec.act_space)
+        return self._spec
 
     @env_spec.setter
     def env_spec(self, spec: EnvSpec) -> None:
-        self._own_spec = spec
+        """A subclass sets its own spaces; with ``observe_params`` the family's spec appends the codes."""
+        if self.observe_params:
+            if spec.is_image:
+                raise UserError(f"task.observe_params=true appends the task's parameters to vector observations; "
+                                f"suite {self.name!r} has {spec.describe()}.")
+            width = int(spec.obs_space.shape[0]) + sum(w for _, w, _ in self._codes)
+            spec = EnvSpec(gym.spaces.Box(-np.inf, np.inf, (width,), np.float32), spec.act_space)
+        self._spec = spec
 
     def _param_codes(self) -> list[tuple[str, int, Any]]:
         """(name, width, encoder) of every parameter that varies in some split, in name order,
         scaled over its train range (or the first split's where train keeps it fixed)."""
         codes = []
         names = sorted({k for r in self.ranges.values() for k in r})
+        order = ["train", *[s for s in self.ranges if s != "train"]]
         for name in names:
-            order = ["train", *[s for s in self.ranges if s != "train"]]
             for split in order:
                 code = _param_code(self.name, name, self.ranges.get(split, {}).get(name))
                 if code is not None:

@@ -207,6 +207,11 @@ SUITES = {
                          "learners": ["none", "maml", "maml_data", "reptile", "varibad_cp", "oracle", "none_value",
                                       "varibad_cp_value"],
                          "tasks": 12, "adapt_seeds": 2, "extra": ["task.max_episode_steps=200"]},
+    # The actuator's strength and polarity vary (tasks/cartpole_actuator.yaml): the variation cartpole_physics lacks,
+    # one that changes the control an agent must use. Same agent, budget and protocol as cartpole_physics.
+    "cartpole_actuator": {"steps": 20000, "shots": 3,
+                          "learners": ["none", "varibad_cp", "oracle", "maml_data", "reptile"],
+                          "tasks": 12, "adapt_seeds": 2, "extra": ["task.max_episode_steps=200"]},
     # MAML's own protocol (Finn et al. 2017, sec. 5.2): train and test goals drawn from the same distribution
     # (here the whole circle), so a "new task" is a new draw from the training distribution; the suite's test
     # split above holds out a quadrant instead. 5 seeds (runs/bench/pn_v6), mean over 0..3 episodes: none + finetune

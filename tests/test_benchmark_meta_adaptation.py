@@ -20,7 +20,7 @@ def load_script():
     return module
 
 
-@pytest.mark.parametrize("suite", ["point_nav", "cartpole_physics", "gridworld_goals", "point_nav_paper",
+@pytest.mark.parametrize("suite", ["point_nav", "cartpole_physics", "cartpole_actuator", "gridworld_goals", "point_nav_paper",
                                    "point_nav_paper_40k", "gridworld_paper"])
 def test_every_learner_and_suite_override_composes(suite):
     ma = load_script()
@@ -34,7 +34,7 @@ def test_every_learner_and_suite_override_composes(suite):
         assert cfg.task.name == task
         if task == "gridworld_goals":   # train-only agent settings reach the agent config
             assert cfg.agent.size == "medium" and cfg.agent.candidate_repeat == 0.7
-    if suite == "cartpole_physics":
+    if suite.startswith("cartpole"):
         assert cfg.task.max_episode_steps == 200
     cfg = configlib.compose("adapt", ["checkpoint=x", f"+task={task}", "split=test", "shots=1", *extra])
     assert cfg.task.name == task

@@ -13,7 +13,7 @@ from metawm.tasks import load_suite, suite_names
 from metawm.tasks.base import sample_param
 from metawm.types import TaskSpec
 
-SUITES = ["atari_suite", "cartpole_physics", "cheetah_dir", "cheetah_vel", "gridworld_goals", "metaworld_ml1",
+SUITES = ["atari_suite", "cartpole_actuator", "cartpole_physics", "cheetah_dir", "cheetah_vel", "gridworld_goals", "metaworld_ml1",
           "metaworld_ml10", "metaworld_ml45", "point_nav"]
 METAWORLD = [s for s in SUITES if s.startswith("metaworld")]
 
@@ -140,7 +140,8 @@ def _draw(family, split, key, n=300):
 def test_cartpole_test_ranges_exceed_train_ranges():
     family = load_suite("cartpole_physics")
     assert family.default == {"pole_length": 0.5, "pole_mass": 0.1, "cart_mass": 1.0, "gravity": 9.8}
-    for key in family.param_names:
+    assert set(family.ranges["train"]) == set(family.ranges["test"]) == set(family.default)
+    for key in family.default:
         train, test = family.ranges["train"][key], family.ranges["test"][key]
         assert test["low"] < train["low"] < train["high"] < test["high"]
         values = np.array(_draw(family, "test", key))
@@ -154,6 +155,36 @@ def test_default_cartpole_task_is_cartpole_v1():
     env = family.make_env(family.sample("train", 1, np.random.default_rng(0))[0])
     base = env.unwrapped
     assert (base.length, base.masspole, base.masscart, base.gravity, env._max_episode_steps) == (0.5, 0.1, 1.0, 9.8, 500)
+
+
+def test_cartpole_actuator_flips_and_scales_the_push():
+    """cartpole_actuator: tasks differ only in the actuator; with actuator_sign=-1 action 1 pushes the
+    cart left, and the cart's acceleration from rest scales with the force. The test split's forces
+    extend past the train range at both ends; both polarities are drawn in both splits."""
+    family = load_suite("cartpole_actuator")
+    assert {k: family.default[k] for k in ("pole_length", "pole_mass", "cart_mass", "gravity")} == \
+        {"pole_length": 0.5, "pole_mass": 0.1, "cart_mass": 1.0, "gravity": 9.8}
+
+    def cart_velocity_after_push(force, sign, action):
+        env = family.make_env(TaskSpec.make("cartpole_actuator", "test", 0, {"force": force, "actuator_sign": sign}))
+        env.reset(seed=0)
+        env.unwrapped.state = np.zeros(4)  # at rest, upright: the push alone moves the cart
+        return env.step(action)[0][1]
+
+    # One Euler step of CartPole-v1 from rest (Barto et al. 1983, as gymnasium writes it), M = 1.1 kg, m = 0.1 kg:
+    # x_acc = F / M * (1 + (m / M) / (4/3 - m / M)), x_dot = tau * x_acc with tau = 0.02 s; F = sign * force * (+-1)
+    gain = 0.02 / 1.1 * (1 + (0.1 / 1.1) / (4 / 3 - 0.1 / 1.1))
+    assert cart_velocity_after_push(10.0, 1, 1) == pytest.approx(10 * gain, rel=1e-5)
+    assert cart_velocity_after_push(10.0, -1, 1) == pytest.approx(-10 * gain, rel=1e-5)
+    assert cart_velocity_after_push(25.0, -1, 0) == pytest.approx(25 * gain, rel=1e-5)
+    train, test = np.array(_draw(family, "train", "force")), np.array(_draw(family, "test", "force"))
+    assert 5.0 <= train.min() and train.max() <= 15.0 and test.min() < 5.0 and test.max() > 15.0
+    for split in ("train", "test"):
+        assert set(_draw(family, split, "actuator_sign")) == {-1, 1}
+    with pytest.raises(UserError, match="actuator_sign must be 1 or -1, got 0.5"):
+        family.make_env(TaskSpec.make("cartpole_actuator", "test", 0, {"actuator_sign": 0.5}))
+    # cartpole_physics tasks do not carry the actuator's parameters
+    assert "force" not in dict(load_suite("cartpole_physics").sample("train", 1, np.random.default_rng(0))[0].params)
 
 
 def test_point_nav_test_goals_lie_on_a_held_out_arc():

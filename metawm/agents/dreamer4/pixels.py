@@ -55,7 +55,7 @@ def render_cartpole(obs: np.ndarray, size: int) -> np.ndarray:
 
 
 RENDERERS: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {
-    "point_nav": render_point, "cartpole_physics": render_cartpole}
+    "point_nav": render_point, "cartpole_physics": render_cartpole, "cartpole_actuator": render_cartpole}
 
 
 class PixelObservation(gym.ObservationWrapper):

@@ -6,7 +6,7 @@ the tokenizer and the dynamics work on pixels while episodes stay short and chea
 
 * ``point_nav``: the point (its position; the goal stays hidden, as in the suite) as a soft
   Gaussian dot on a dark canvas spanning [-1, 1]^2 (grayscale).
-* ``cartpole_physics``: cart and pole (cart position in [-2.4, 2.4], pole angle), grayscale.
+* ``cartpole_physics``, ``cartpole_actuator``: cart and pole (cart position in [-2.4, 2.4], pole angle), grayscale.
 
 Only the observation changes: dynamics, rewards, episode ends and task parameters are the suite's.
 A suite-level ``pixels: SIZE`` option would be the proper home for this (see the report); until

@@ -209,8 +209,17 @@ SUITES = {
                          "tasks": 12, "adapt_seeds": 2, "extra": ["task.max_episode_steps=200"]},
     # The actuator's strength and polarity vary (tasks/cartpole_actuator.yaml): the variation cartpole_physics lacks,
     # one that changes the control an agent must use. Same agent, budget and protocol as cartpole_physics.
+    # 5 seeds (runs/bench/ca_v1), return after 0/1/2/3 episodes (mean over 0..3): VariBAD (varibad_cp, meta = belief
+    # inference) 168/168/169/168 (168.5 +- 19.5), oracle 161/167/161/162 (162.5 +- 14.1), none + finetune
+    # 75/76/81/96 (82.0 +- 46.0), Reptile 49/38/39/40 (41.5 +- 25.2), MAML with its dataset (maml_data)
+    # 22/28/37/39 (31.4 +- 24.5), scratch 21/19/18/13. Zero-shot per polarity (+1 / -1 tasks, 8 / 4 of 12) and seed:
+    # none 167/14, 19/17, 190/73, 74/10, 64/118: each multi-task agent settles on one polarity or neither (its
+    # memoryless model averages the two, so a push's predicted effect is small); VariBAD 177/188, 169/181, 151/146,
+    # 174/188, 164/146 and the oracle 175/135, 178/180, 155/114, 183/167, 147/176 balance both.
+    # benchmarks/cartpole_polarity.py watches the episodes step by step.
     "cartpole_actuator": {"steps": 20000, "shots": 3,
-                          "learners": ["none", "varibad_cp", "oracle", "maml_data", "reptile"],
+                          "learners": ["none", "varibad_cp", "oracle", "maml_data", "reptile", "none_value",
+                                       "varibad_cp_value"],
                           "tasks": 12, "adapt_seeds": 2, "extra": ["task.max_episode_steps=200"]},
     # MAML's own protocol (Finn et al. 2017, sec. 5.2): train and test goals drawn from the same distribution
     # (here the whole circle), so a "new task" is a new draw from the training distribution; the suite's test

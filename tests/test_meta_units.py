@@ -456,6 +456,43 @@ def test_mpc_agent_pairs_steps_into_transitions():
     assert float(b["action"][0]) == 1 and float(b["reward"][0]) == pytest.approx(-0.1)
 
 
+def test_mpc_a_fitted_model_trains_from_its_first_transition_a_fresh_one_waits():
+    """train_after gates a fresh model only: a pretrained one (loaded state) fine-tunes, and MAML adapts,
+    from a few short episodes (on cartpole_actuator a failing agent's 3 episodes of ~10 steps each never
+    reached the 50 transitions, and fine-tuning took no step at all)."""
+    from metawm.agents.mpc import MPCAgent
+    from metawm.envs.rollout import Collector
+    from metawm.tasks import load_suite
+
+    tasks = load_suite("cartpole_actuator")
+    spec = tasks.sample("train", 1, np.random.default_rng(0))[0]
+    torch.manual_seed(0)
+    trained = MPCAgent(tasks.env_spec, size="tiny", train_after=20)
+    collector = Collector([tasks.make_env(spec)], tasks.env_spec, [0])
+    n = 0
+    while n < 60:
+        n += collector.step(trained, explore=True)[0]
+        trained.update(n)
+    assert trained.updates > 0
+    state = trained.state_dict(replay=False)
+    for loaded in (True, False):
+        torch.manual_seed(1)
+        agent = MPCAgent(tasks.env_spec, size="tiny", train_after=20)
+        if loaded:
+            agent.load_state_dict(state)
+        before = agent.updates
+        collector = Collector([tasks.make_env(spec)], tasks.env_spec, [5])
+        k = 0
+        while k < 5:  # five transitions, far below train_after
+            k += collector.step(agent, explore=True)[0]
+            agent.update(state["counters"]["ratio_start"] + n + k if loaded else k)
+        batch = agent.sample_batch(torch.Generator().manual_seed(0))
+        if loaded:
+            assert agent.updates > before and batch is not None and len(batch["obs"]) == agent.batch_size
+        else:
+            assert agent.updates == 0 and batch is None
+
+
 class HparamAgent:
     """A tiny actor-critic whose loss is differentiable in discount, lambda and the entropy scale
     (the hook meta-gradient RL needs). Two-step windows: lambda-return target, REINFORCE + entropy."""

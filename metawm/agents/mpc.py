@@ -273,8 +273,17 @@ class MPCAgent:
         self.pos = (self.pos + 1) % self.capacity
         self.size_ = min(self.size_ + 1, self.capacity)
 
+    def _waiting(self) -> bool:
+        """Whether training waits for more data: a fresh model until ``train_after`` transitions are
+        stored; a fitted one (a checkpoint, a meta-learned initialization being fine-tuned or
+        adapted) only until its first transition, so that a few short episodes of a new task can
+        adapt it. (Before, the wait applied to fitted models too: on cartpole_actuator, 10-step
+        episodes of a failing pretrained agent never reached 50 transitions in 3 shots, and neither
+        fine-tuning nor MAML's adaptation took a single step.)"""
+        return self.size_ == 0 or (self.size_ < self.train_after and not self._fitted())
+
     def sample_batch(self, rng: torch.Generator | None = None) -> dict[str, torch.Tensor] | None:
-        if self.size_ < self.train_after or self.size_ == 0:
+        if self._waiting():
             return None
         idx = torch.randint(self.size_, (self.batch_size,), generator=rng).numpy()
         return {k: torch.from_numpy(v[idx]).to(self.device) for k, v in self.replay.items()}
@@ -282,7 +291,7 @@ class MPCAgent:
     # -- learning --------------------------------------------------------------------------------
     def update(self, env_steps: int) -> Metrics:
         """``train_ratio`` gradient steps per env step since training started (Adam)."""
-        if self.size_ < self.train_after:
+        if self._waiting():
             return {}
         if self.ratio_start is None:
             self.ratio_start = int(env_steps)

@@ -210,13 +210,18 @@ SUITES = {
     # The actuator's strength and polarity vary (tasks/cartpole_actuator.yaml): the variation cartpole_physics lacks,
     # one that changes the control an agent must use. Same agent, budget and protocol as cartpole_physics.
     # 5 seeds (runs/bench/ca_v1), return after 0/1/2/3 episodes (mean over 0..3): VariBAD (varibad_cp, meta = belief
-    # inference) 168/168/169/168 (168.5 +- 19.5), oracle 161/167/161/162 (162.5 +- 14.1), none + finetune
-    # 75/76/81/96 (82.0 +- 46.0), Reptile 49/38/39/40 (41.5 +- 25.2), MAML with its dataset (maml_data)
-    # 22/28/37/39 (31.4 +- 24.5), scratch 21/19/18/13. Zero-shot per polarity (+1 / -1 tasks, 8 / 4 of 12) and seed:
-    # none 167/14, 19/17, 190/73, 74/10, 64/118: each multi-task agent settles on one polarity or neither (its
-    # memoryless model averages the two, so a push's predicted effect is small); VariBAD 177/188, 169/181, 151/146,
-    # 174/188, 164/146 and the oracle 175/135, 178/180, 155/114, 183/167, 147/176 balance both.
-    # benchmarks/cartpole_polarity.py watches the episodes step by step.
+    # inference) 168/168/169/168 (168.5 +- 19.5), oracle 161/166/162/162 (162.7 +- 11.9), none + finetune
+    # 75/82/103/132 (97.8 +- 27.0), MAML with its dataset (maml_data) 22/80/86/86 (68.5 +- 17.3; its checkpoint
+    # fine-tuned 22/51/66/73, 52.9 +- 16.0), Reptile 43/49/49/58 (49.5 +- 12.7), scratch 21/19/18/13. Zero-shot per
+    # polarity (+1 / -1 tasks, 8 / 4 of 12) and seed: none 167/14, 19/17, 190/73, 74/10, 64/118: each multi-task agent
+    # settles on one polarity or neither (its memoryless model averages the two, so a push's predicted effect is
+    # small); VariBAD 177/188, 169/181, 151/146, 174/188, 164/146 and the oracle 175/135, 178/180, 155/114, 183/167,
+    # 147/176 balance both. benchmarks/cartpole_polarity.py watches the episodes step by step.
+    # Before the MPC agent trained a fitted model from its first transition (runs/bench/ca_v1_gated: train_after=50
+    # also held back fine-tuning, so 3 shots of ~10-step episodes gave no update): none + finetune 75/76/81/96
+    # (82.0 +- 46.0), maml_data 22/28/37/39, Reptile 49/38/39/40. VariBAD's meta rows do not depend on it; its
+    # finetune rows and none_value / varibad_cp_value (seeds 0, 3, 4 / 3, 4 only: none_value 79/110/114/141,
+    # varibad_cp_value 200/199/200/199) were measured before the change.
     "cartpole_actuator": {"steps": 20000, "shots": 3,
                           "learners": ["none", "varibad_cp", "oracle", "maml_data", "reptile", "none_value",
                                        "varibad_cp_value"],

@@ -183,6 +183,8 @@ def test_cartpole_actuator_flips_and_scales_the_push():
         assert set(_draw(family, split, "actuator_sign")) == {-1, 1}
     with pytest.raises(UserError, match="actuator_sign must be 1 or -1, got 0.5"):
         family.make_env(TaskSpec.make("cartpole_actuator", "test", 0, {"actuator_sign": 0.5}))
+    with pytest.raises(UserError, match="test/0 of suite 'cartpole_actuator': CartPole force must be positive, got -2"):
+        family.make_env(TaskSpec.make("cartpole_actuator", "test", 0, {"force": -2.0}))
     # cartpole_physics tasks do not carry the actuator's parameters
     assert "force" not in dict(load_suite("cartpole_physics").sample("train", 1, np.random.default_rng(0))[0].params)
 

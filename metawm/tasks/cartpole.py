@@ -42,5 +42,8 @@ class CartPolePhysics(TaskFamily):
         sign = float(p["actuator_sign"])
         if sign not in (1.0, -1.0):
             raise UserError(f"task {spec.id} of suite {self.name!r}: actuator_sign must be 1 or -1, got {sign:g}.")
-        return make_cartpole(**{k: float(p[k]) for k in (*DEFAULT_PHYSICS, "force")}, actuator_sign=int(sign),
-                             max_episode_steps=MAX_EPISODE_STEPS)
+        try:
+            return make_cartpole(**{k: float(p[k]) for k in (*DEFAULT_PHYSICS, "force")}, actuator_sign=int(sign),
+                                 max_episode_steps=MAX_EPISODE_STEPS)
+        except ValueError as e:  # a non-positive length, mass, gravity or force from the suite file
+            raise UserError(f"task {spec.id} of suite {self.name!r}: {e}.") from None

@@ -32,18 +32,11 @@ WINDOWS = [(0, 5), (5, 10), (10, 20), (20, 50), (50, 200)]
 
 
 def probe(run: str, tasks: int, seed: int, max_steps: int) -> dict[int, dict]:
-    from metawm.adapt import build_config, locate
+    from metawm.adapt import load_learner
     from metawm.infra import config as configlib
-    from metawm.meta.base import Context
-    from metawm.train import build
 
-    cfg = configlib.compose("adapt", [f"checkpoint={run}", "+task=cartpole_actuator", "split=test", "shots=0",
-                                      f"task.max_episode_steps={max_steps}"])
-    payload, run_config = locate(run)
-    built = build(build_config(cfg, configlib.load_run_config(run_config), payload["header"], []))
-    meta = built.meta
-    meta.setup(Context(tasks=built.tasks, make_agent=built.make_agent, device=built.device, seeds=built.seeds))
-    meta.load_state_dict({**payload["state"]["meta"], "collector": None})
+    meta, built, _ = load_learner(configlib.compose("adapt", [f"checkpoint={run}", "+task=cartpole_actuator", "split=test",
+                                                              "shots=0", f"task.max_episode_steps={max_steps}"]))
     out: dict[int, dict] = {1: {"agree": [[] for _ in WINDOWS], "lengths": []},
                             -1: {"agree": [[] for _ in WINDOWS], "lengths": []}}
     for spec in built.tasks.sample("test", tasks, np.random.default_rng(seed)):

@@ -47,21 +47,14 @@ from metawm.run.adapt import t_interval  # noqa: E402
 
 def load_rule(checkpoint: str, task: str, extra: list[str]):
     """The checkpoint's LearnedRule, set up on ``task`` as ``metawm.adapt`` would."""
-    from metawm.adapt import build_config, locate
+    from metawm.adapt import load_learner
     from metawm.infra import config as configlib
-    from metawm.train import build
 
-    cfg = configlib.compose("adapt", [f"checkpoint={checkpoint}", f"+task={task}", "split=test", "shots=1", *extra])
-    payload, run_config = locate(checkpoint)
-    built = build(build_config(cfg, configlib.load_run_config(run_config), payload["header"]))
-    if built.meta.name != "learned_rule":
-        raise SystemExit(f"{checkpoint} was trained with meta={built.meta.name}, not learned_rule")
-    ctx = Context(tasks=built.tasks, make_agent=built.make_agent, device=built.device, seeds=built.seeds)
-    built.meta.setup(ctx)
-    built.meta.load_state_dict({**payload["state"]["meta"], "collector": None})
-    if built.meta.rule_name != "learned_optimizer":
-        raise SystemExit("this benchmark measures meta.rule=learned_optimizer")
-    return built.meta, ctx, built
+    meta, built, payload = load_learner(configlib.compose("adapt", [f"checkpoint={checkpoint}", f"+task={task}",
+                                                                    "split=test", "shots=1", *extra]))
+    if payload["header"].get("meta") != "learned_rule" or meta.rule_name != "learned_optimizer":
+        raise SystemExit(f"{checkpoint} was not trained with meta=learned_rule meta.rule=learned_optimizer")
+    return meta, meta.ctx, built
 
 
 def collect(ctx: Context, spec, seed: int, steps: int):

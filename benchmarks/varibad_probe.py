@@ -37,20 +37,14 @@ def main() -> None:
     torch.set_num_threads(1)
 
     from benchmarks.varibad_decoder import GRID, reward_at
-    from metawm.adapt import build_config, locate
+    from metawm.adapt import load_learner
     from metawm.infra import config as configlib
     from metawm.meta import varibad as vb
-    from metawm.meta.base import Context
-    from metawm.train import build
 
     cfg = configlib.compose("adapt", [f"checkpoint={a.run}", "+task=point_nav", "split=test", "shots=0",
                                       *PAPER_SPLITS, *a.overrides])
-    payload, run_config = locate(a.run)
     meta_keys = [o.split("=")[0].split(".", 1)[1] for o in a.overrides if o.startswith("meta.")]
-    built = build(build_config(cfg, configlib.load_run_config(run_config), payload["header"], meta_keys))
-    meta = built.meta
-    meta.setup(Context(tasks=built.tasks, make_agent=built.make_agent, device=built.device, seeds=built.seeds))
-    meta.load_state_dict({**payload["state"]["meta"], "collector": None})
+    meta, built, _ = load_learner(cfg, meta_keys)
     agent, model = meta.adaptation_agent(meta.agent().state_dict(replay=False), 0), meta.model
     log: list[tuple] = []
     act = agent.act

@@ -70,20 +70,13 @@ def check_shots(shots: Any) -> int:
     return shots
 
 
-def run(cfg: DictConfig, meta_keys: Collection[str] = (), task_keys: Collection[str] = ()) -> tuple[dict[str, Any], RunDir]:
-    from metawm.infra.plots import curves_with_bands
-    from metawm.infra.tracking import ConsoleSink, JsonlSink
+def load_learner(cfg: DictConfig, meta_keys: Collection[str] = (), task_keys: Collection[str] = ()):
+    """The checkpoint's meta-learner (or the one ``cfg.meta`` names), set up on ``cfg.task`` with the
+    checkpoint's state: what ``metawm.adapt`` adapts with, and what benchmarks probe. ``cfg`` is a
+    composed ``adapt`` config. Returns (meta-learner, built objects, checkpoint payload)."""
     from metawm.meta.base import Context
-    from metawm.run.adapt import METHODS, headline, jsonl_rows, run_adaptation, summarize
     from metawm.train import build
 
-    shots = check_shots(cfg.shots)
-    methods = list(cfg.methods)
-    for m in methods:
-        if m not in METHODS:
-            raise choices_error("adaptation method (methods=[...])", m, METHODS)
-    if int(cfg.seeds) < 1 or int(cfg.eval.tasks) < 1 or int(cfg.eval.episodes) < 1:
-        raise UserError("seeds, eval.tasks and eval.episodes must each be at least 1.")
     payload, run_config = locate(str(cfg.checkpoint))
     header = payload["header"]
     run_cfg = configlib.load_run_config(run_config)
@@ -114,6 +107,23 @@ def run(cfg: DictConfig, meta_keys: Collection[str] = (), task_keys: Collection[
         if not isinstance(state, dict) or "agent" not in state:
             raise UserError(f"checkpoint {payload['path']!r} holds no agent state that meta={meta.name} can start from.")
         meta.load_agent_state(state["agent"])
+    return meta, built, payload
+
+
+def run(cfg: DictConfig, meta_keys: Collection[str] = (), task_keys: Collection[str] = ()) -> tuple[dict[str, Any], RunDir]:
+    from metawm.infra.plots import curves_with_bands
+    from metawm.infra.tracking import ConsoleSink, JsonlSink
+    from metawm.run.adapt import METHODS, headline, jsonl_rows, run_adaptation, summarize
+
+    shots = check_shots(cfg.shots)
+    methods = list(cfg.methods)
+    for m in methods:
+        if m not in METHODS:
+            raise choices_error("adaptation method (methods=[...])", m, METHODS)
+    if int(cfg.seeds) < 1 or int(cfg.eval.tasks) < 1 or int(cfg.eval.episodes) < 1:
+        raise UserError("seeds, eval.tasks and eval.episodes must each be at least 1.")
+    meta, built, payload = load_learner(cfg, meta_keys, task_keys)
+    header = payload["header"]
 
     run_dir = RunDir(cfg.run_dir or default_run_dir(cfg, header, payload["path"]))
     state_of_dir = run_dir.prepare(cfg, "auto")
@@ -133,7 +143,7 @@ def run(cfg: DictConfig, meta_keys: Collection[str] = (), task_keys: Collection[
         done[0] += 1
         console.log({f"{method}/return@{shots}": rows[-1]["return"]}, done[0])
 
-    results = run_adaptation(meta, ctx, agent_state, specs, unit_seeds, shots, int(cfg.eval.episodes), methods,
+    results = run_adaptation(meta, meta.ctx, agent_state, specs, unit_seeds, shots, int(cfg.eval.episodes), methods,
                              on_unit)
     console.close()
     table = summarize(results, specs, len(unit_seeds), shots)
